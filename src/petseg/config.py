@@ -1,0 +1,237 @@
+"""The one typed loader of ``params.yaml``.
+
+Each section of params.yaml is a pydantic model with ``extra="forbid"``: an unknown key, a value of
+the wrong type or out of range fails with a :class:`~petseg.errors.ParamsError` that names the dotted
+key (``data.synthetic.n_test``), the bad value and what is allowed. Stages call :func:`load_section`
+and receive only their own section, matching the per-key ``params:`` they declare in dvc.yaml.
+
+Field descriptions here are the reference; params.yaml carries the same words as comments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from petseg.errors import ParamsError
+
+OFFICIAL_BASE_URLS = (
+    "https://www.robots.ox.ac.uk/~vgg/data/pets/data/",
+    "https://thor.robots.ox.ac.uk/~vgg/data/pets/data/",
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# --------------------------------------------------------------------------------------- data
+class OxfordParams(_Section):
+    base_urls: list[str] = Field(
+        default=list(OFFICIAL_BASE_URLS),
+        min_length=1,
+        description="Mirrors tried in order; each serves images.tar.gz and annotations.tar.gz.",
+    )
+    images_md5: str = Field(default="5c4f3ee8e5d25df40f4fd59a7f44e54c", pattern=r"^[0-9a-f]{32}$")
+    annotations_md5: str = Field(
+        default="95a8c909bbe2e81eed6a22bccdf3f68f", pattern=r"^[0-9a-f]{32}$"
+    )
+    archives_dir: str | None = Field(
+        default=None,
+        description="Folder already holding images.tar.gz and annotations.tar.gz: no network used.",
+    )
+    timeout_s: float = Field(default=60.0, gt=0)
+    retries: int = Field(default=5, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _urls_are_http(self) -> OxfordParams:
+        for i, url in enumerate(self.base_urls):
+            if not url.startswith(("http://", "https://")):
+                raise _KeyError(f"base_urls.{i}", url, "an http:// or https:// URL")
+        return self
+
+
+class FolderParams(_Section):
+    path: str | None = Field(
+        default=None,
+        description="An extracted dataset in the official layout (images/, annotations/).",
+    )
+
+
+class SyntheticParams(_Section):
+    seed: int = Field(default=0, ge=0)
+    n_trainval: int = Field(default=480, ge=2, le=100_000)
+    n_test: int = Field(default=120, ge=1, le=100_000)
+    n_breeds: int = Field(default=6, ge=1, le=37)
+    min_size: int = Field(default=160, ge=32, le=4096)
+    max_size: int = Field(default=320, ge=32, le=4096)
+    border_width: float = Field(
+        default=0.02, gt=0, le=0.2, description="Border band width as a fraction of the short side."
+    )
+
+    @model_validator(mode="after")
+    def _size_range(self) -> SyntheticParams:
+        if self.max_size < self.min_size:
+            raise _KeyError("max_size", self.max_size, f">= min_size ({self.min_size})")
+        return self
+
+
+class DataParams(_Section):
+    source: Literal["oxford-iiit-pet", "synthetic", "folder"] = "oxford-iiit-pet"
+    oxford: OxfordParams = OxfordParams()
+    folder: FolderParams = FolderParams()
+    synthetic: SyntheticParams = SyntheticParams()
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> DataParams:
+        if self.source == "folder" and not self.folder.path:
+            raise _KeyError(
+                "folder.path", None, "a folder path when data.source is 'folder'", prefix="data"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------------- preprocess
+class PreprocessParams(_Section):
+    image_size: int = Field(default=128, ge=16, le=2048, multiple_of=16)
+    val_fraction: float = Field(default=0.15, gt=0, lt=1)
+    seed: int = Field(default=0, ge=0)
+    max_bad_fraction: float = Field(default=0.01, ge=0, le=1)
+    workers: int = Field(default=0, ge=0, le=256, description="0 = one process per CPU core")
+    on_wrong_format: Literal["convert", "skip"] = "convert"
+
+
+# ------------------------------------------------------------------------------------- models
+class ArchParams(_Section):
+    """Shared by the three architectures; equal defaults keep the comparison fair."""
+
+    depth: int = Field(
+        default=4, ge=1, le=6, description="Down-sampling steps (input side % 2**depth == 0)"
+    )
+    base_width: int = Field(
+        default=32, ge=4, le=512, description="Channels at full resolution; doubles per level"
+    )
+    dropout: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="Dropout2d rate in the bottleneck and decoder"
+    )
+
+
+class UnpoolParams(ArchParams):
+    upsample: Literal["indices", "nearest"] = Field(
+        default="indices",
+        description="MaxUnpool2d with the encoder's pooling indices, or nearest-neighbour",
+    )
+
+
+class ModelsParams(_Section):
+    strided: ArchParams = ArchParams()
+    unpool: UnpoolParams = UnpoolParams()
+    unet: ArchParams = ArchParams()
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "data": DataParams,
+    "preprocess": PreprocessParams,
+    "models": ModelsParams,
+}
+
+
+class Params(_Section):
+    data: DataParams = DataParams()
+    preprocess: PreprocessParams = PreprocessParams()
+    models: ModelsParams = ModelsParams()
+
+
+# ------------------------------------------------------------------------------------ loading
+class _KeyError(ValueError):
+    """Raised inside validators to point at a sub-key rather than the whole section."""
+
+    def __init__(self, key: str, value: Any, allowed: str, prefix: str | None = None) -> None:
+        super().__init__(f"{key} = {value!r}: expected {allowed}")
+        self.key, self.value, self.allowed, self.prefix = key, value, allowed, prefix
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Names accepted at ``loc`` (the parent of an unknown key), for the error message."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return sorted(model.model_fields)
+
+
+def _format(exc: ValidationError, model: type[BaseModel], prefix: str, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        ctx_err = err.get("ctx", {}).get("error")
+        if isinstance(ctx_err, _KeyError):
+            pre = ctx_err.prefix or ".".join([prefix, *map(str, loc)]).strip(".")
+            key = f"{pre}.{ctx_err.key}"
+            lines.append(f"{key} = {ctx_err.value!r} is invalid: expected {ctx_err.allowed}")
+            continue
+        key = ".".join([prefix, *map(str, loc)]).strip(".")
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, loc[:-1])
+            hint = f" (allowed here: {', '.join(allowed)})" if allowed else ""
+            lines.append(f"unknown key {key}{hint}")
+        elif err["type"] == "missing":
+            lines.append(f"missing key {key}")
+        else:
+            lines.append(f"{key} = {err['input']!r} is invalid: {err['msg']}")
+    return f"{source}: " + "; ".join(lines)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(
+            f"{path}: top level must be a mapping of sections, got {type(data).__name__}"
+        )
+    return data
+
+
+def validate(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+    """Validate a whole params mapping (as read from YAML)."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(_format(exc, Params, "", source)) from None
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    """Load and validate every section of ``path``."""
+    path = Path(path)
+    return validate(_read_yaml(path), str(path))
+
+
+def load_section(path: str | Path, name: str) -> Any:
+    """Load and validate only section ``name`` of ``path`` (what a stage declares in dvc.yaml)."""
+    if name not in SECTIONS:
+        raise ValueError(f"unknown section {name!r}; sections: {', '.join(SECTIONS)}")
+    path = Path(path)
+    raw = _read_yaml(path)
+    model = SECTIONS[name]
+    section = raw.get(name, {})
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise ParamsError(f"{path}: {name} must be a mapping, got {section!r}")
+    try:
+        return model.model_validate(section)
+    except ValidationError as exc:
+        raise ParamsError(_format(exc, model, name, str(path))) from None

@@ -1,0 +1,1 @@
+"""Data: download/generate the official layout (data/raw) and prepare training arrays."""
