@@ -104,6 +104,23 @@ class PreprocessParams(_Section):
     on_wrong_format: Literal["convert", "skip"] = "convert"
 
 
+# -------------------------------------------------------------------------------------- train
+class AugmentParams(_Section):
+    """Batched augmentation applied to image and mask together (see petseg.data.augment)."""
+
+    enabled: bool = Field(default=True, description="Master switch for all augmentations")
+    hflip: bool = Field(default=True, description="Random horizontal flip (p = 0.5)")
+    scale: float = Field(
+        default=0.25, ge=0.0, lt=1.0, description="Random zoom in [1-s, 1+s]; 0 = off"
+    )
+    rotate: float = Field(
+        default=10.0, ge=0.0, le=180.0, description="Random rotation in +-degrees; 0 = off"
+    )
+    color: float = Field(
+        default=0.2, ge=0.0, le=1.0, description="Brightness/contrast/saturation jitter; 0 = off"
+    )
+
+
 # ------------------------------------------------------------------------------------- models
 class ArchParams(_Section):
     """Shared by the three architectures; equal defaults keep the comparison fair."""

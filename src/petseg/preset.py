@@ -1,0 +1,80 @@
+"""Apply a preset (a file of dotted-key overrides) to params.yaml, keeping its comments.
+
+``python -m petseg.preset presets/demo.yaml [--params params.yaml]`` is what ``make demo`` runs. It
+is the scripted equivalent of ``dvc exp run -S key=value ...`` without creating an experiment: the
+workspace's params.yaml changes, so a later ``dvc repro`` sees the same params and runs nothing.
+The result is validated by :mod:`petseg.config` before params.yaml is replaced (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ruamel.yaml import YAML
+
+from petseg import cli, config
+from petseg.errors import ParamsError
+from petseg.fileio import atomic_write_bytes
+
+
+def _set(doc: Any, dotted: str, value: Any, source: str) -> bool:
+    """Set ``doc[a][b][c] = value`` for ``dotted == "a.b.c"``; return whether it changed."""
+    *parents, leaf = dotted.split(".")
+    node = doc
+    for i, part in enumerate(parents):
+        if not isinstance(node, dict) or part not in node:
+            where = ".".join(parents[: i + 1])
+            raise ParamsError(f"{source}: {dotted}: params.yaml has no section {where}")
+        node = node[part]
+    if not isinstance(node, dict) or leaf not in node:
+        raise ParamsError(f"{source}: {dotted}: params.yaml has no key {dotted}")
+    if node[leaf] == value:
+        return False
+    node[leaf] = value
+    return True
+
+
+def apply_preset(preset: str | Path, params: str | Path = "params.yaml") -> list[str]:
+    """Apply ``preset`` to ``params``; return the dotted keys that changed."""
+    preset, params = Path(preset), Path(params)
+    try:
+        overrides = yaml.safe_load(preset.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{preset}: preset file not found") from None
+    if not isinstance(overrides, dict):
+        raise ParamsError(f"{preset}: expected a mapping of dotted keys to values")
+    rt = YAML()  # round-trip mode keeps comments and key order
+    rt.preserve_quotes = True
+    rt.indent(mapping=2, sequence=4, offset=2)
+    rt.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    try:
+        doc = rt.load(params.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{params}: params file not found") from None
+    changed = [key for key, value in overrides.items() if _set(doc, key, value, str(preset))]
+    buf = io.StringIO()
+    rt.dump(doc, buf)
+    text = buf.getvalue()
+    config.validate(yaml.safe_load(text), f"{params} with {preset} applied")
+    if changed:
+        atomic_write_bytes(params, text.encode())
+    return changed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("preset", type=Path)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    changed = apply_preset(args.preset, args.params)
+    print(f"{args.params}: " + (f"set {', '.join(changed)}" if changed else "already up to date"))
+
+
+if __name__ == "__main__":
+    cli.run(main)
