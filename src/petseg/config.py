@@ -121,6 +121,51 @@ class AugmentParams(_Section):
     )
 
 
+class TrainParams(_Section):
+    """Shared by the three train stages: the same recipe for every architecture."""
+
+    epochs: int = Field(default=30, ge=1, le=10_000)
+    batch_size: int = Field(
+        default=32, ge=1, le=4096, description="Per process (per GPU under DDP)"
+    )
+    lr: float = Field(default=2e-3, gt=0, le=10, description="Peak learning rate of the schedule")
+    weight_decay: float = Field(
+        default=1e-4, ge=0, le=1, description="AdamW decoupled weight decay"
+    )
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    warmup_fraction: float = Field(default=0.1, ge=0, lt=1, description="Share of steps warming up")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    class_weights: list[float] | None = Field(
+        default=None, description="Cross-entropy weights for pet, background, border; null = equal"
+    )
+    dice_weight: float = Field(default=0.0, ge=0, le=10, description="Weight of a soft Dice term")
+    seed: int = Field(default=0, ge=0)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    threads: int = Field(default=0, ge=0, le=1024, description="CPU threads; 0 = cores / processes")
+    bf16: bool = Field(default=True, description="bf16 autocast on CUDA (ignored on CPU)")
+    channels_last: bool = True
+    augment: AugmentParams = AugmentParams()
+
+    @model_validator(mode="after")
+    def _weights(self) -> TrainParams:
+        w = self.class_weights
+        if w is not None and (len(w) != 3 or any(x <= 0 for x in w)):
+            raise _KeyError(
+                "class_weights", w, "null or three positive numbers (pet, background, border)"
+            )
+        return self
+
+
+class TrackingParams(_Section):
+    experiment: str = Field(default="petseg", min_length=1, description="MLflow experiment name")
+    log_model: bool = Field(
+        default=True, description="Log each model with mlflow.pytorch.log_model"
+    )
+    system_metrics: bool = Field(
+        default=True, description="MLflow system metrics (CPU, memory, GPU)"
+    )
+
+
 # ------------------------------------------------------------------------------------- models
 class ArchParams(_Section):
     """Shared by the three architectures; equal defaults keep the comparison fair."""
@@ -153,6 +198,8 @@ SECTIONS: dict[str, type[_Section]] = {
     "data": DataParams,
     "preprocess": PreprocessParams,
     "models": ModelsParams,
+    "train": TrainParams,
+    "tracking": TrackingParams,
 }
 
 
@@ -160,6 +207,8 @@ class Params(_Section):
     data: DataParams = DataParams()
     preprocess: PreprocessParams = PreprocessParams()
     models: ModelsParams = ModelsParams()
+    train: TrainParams = TrainParams()
+    tracking: TrackingParams = TrackingParams()
 
 
 # ------------------------------------------------------------------------------------ loading

@@ -1,0 +1,218 @@
+"""The official Oxford-IIIT Pet layout: list files, trimap labels, robust image decoding.
+
+Every data source (official archives, synthetic, folder) writes this layout, so this module is the
+only place that knows it::
+
+    images/NAME.jpg                    RGB photo (a few are not really JPEGs, see below)
+    annotations/trimaps/NAME.png       1 pet, 2 background, 3 border (same size as the photo)
+    annotations/{list,trainval,test}.txt   lines "NAME CLASS-ID SPECIES BREED-ID"
+
+Real files break naive loaders: ``Abyssinian_34.jpg`` is a GIF and ``Abyssinian_5.jpg`` an RGBA
+PNG. Images are therefore decoded by content, never by extension; such files are converted to RGB
+or skipped (``preprocess.on_wrong_format``) and always reported in a note. Per-file problems raise
+:class:`SkipFile` with a short reason, so the caller can record them instead of crashing.
+
+Speed: the target size is much smaller than most photos, so JPEGs are decoded at a reduced scale
+(``Image.draft``: the DCT does 1/2, 1/4 or 1/8 of the work) and then resized with an antialiasing
+filter. Trimaps are resized with NEAREST so that labels are never blended.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from petseg.errors import DataError
+
+LIST_FILES = ("list.txt", "trainval.txt", "test.txt")
+_TRAILING_NUMBER = re.compile(r"_\d+$")
+
+# Trimap value -> label; 255 marks values that are not allowed (anything but 1, 2, 3).
+_INVALID = 255
+_TRIMAP_LUT = np.full(256, _INVALID, dtype=np.uint8)
+_TRIMAP_LUT[[1, 2, 3]] = [0, 1, 2]
+
+# What PIL raises for a file it cannot decode (truncated, corrupt, not an image, too large).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+class SkipFile(Exception):  # noqa: N818 - a signal for the caller, not a failure of the program
+    """A listed file cannot be used; ``reason`` is a short category, ``detail`` the specifics."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    """One line of a list file: ``NAME CLASS-ID SPECIES BREED-ID`` (species 1 cat, 2 dog)."""
+
+    name: str
+    class_id: int
+    species: int
+    breed_id: int
+
+    @property
+    def breed(self) -> str:
+        return breed_of(self.name)
+
+
+@dataclass
+class Pair:
+    """A decoded image and its label mask at the prepared size."""
+
+    name: str
+    image: np.ndarray  # (S, S, 3) uint8 RGB
+    mask: np.ndarray  # (S, S) uint8 labels
+    original_hw: tuple[int, int]
+    notes: list[str] = field(default_factory=list)
+
+
+def breed_of(name: str) -> str:
+    """``american_bulldog_12`` -> ``american_bulldog`` (the name without its trailing number)."""
+    return _TRAILING_NUMBER.sub("", name)
+
+
+def image_path(root: Path, name: str) -> Path:
+    return Path(root) / "images" / f"{name}.jpg"
+
+
+def trimap_path(root: Path, name: str) -> Path:
+    return Path(root) / "annotations" / "trimaps" / f"{name}.png"
+
+
+def read_list(path: Path) -> list[ListEntry]:
+    """Parse a list file; ``#`` lines and blank lines are ignored, anything malformed is an error."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: is this an Oxford-IIIT Pet folder?") from None
+    entries = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        entries.append(_parse_line(line, path, lineno))
+    return entries
+
+
+def _parse_line(line: str, path: Path, lineno: int) -> ListEntry:
+    parts = line.split()
+    try:
+        if len(parts) != 4:
+            raise ValueError
+        name, class_id, species, breed_id = parts[0], *map(int, parts[1:])
+    except ValueError:
+        raise DataError(
+            f"{path}:{lineno}: expected 'NAME CLASS-ID SPECIES BREED-ID', got {line!r}"
+        ) from None
+    return ListEntry(name, class_id, species, breed_id)
+
+
+def trimap_to_labels(trimap: np.ndarray) -> np.ndarray:
+    """Map an Oxford trimap to training labels: 1 -> 0 pet, 2 -> 1 background, 3 -> 2 border.
+
+    Order follows :data:`petseg.CLASSES`. Any other value raises ``ValueError`` naming the values;
+    the caller decides whether that skips the file. Returns a new uint8 array of the same shape.
+    """
+    trimap = np.asarray(trimap)
+    if not np.issubdtype(trimap.dtype, np.integer):
+        raise ValueError(f"trimap must hold integers, got dtype {trimap.dtype}")
+    if trimap.size and (trimap.min() < 0 or trimap.max() > 255):
+        raise ValueError(f"trimap values outside 1..3: range {trimap.min()}..{trimap.max()}")
+    labels = _TRIMAP_LUT[trimap.astype(np.uint8, copy=False)]
+    if (labels == _INVALID).any():
+        bad = np.unique(trimap[labels == _INVALID])
+        raise ValueError(f"trimap values outside 1..3: {bad[:10].tolist()}")
+    return labels
+
+
+def load_pair(
+    root: Path, name: str, size: int, on_wrong_format: Literal["convert", "skip"]
+) -> Pair:
+    """Decode ``name``'s image and trimap and resize both to ``size`` x ``size``.
+
+    The aspect ratio is not kept (photos are squashed, like the masks), so every pixel of the
+    original is represented. Raises :class:`SkipFile` for any per-file problem.
+    """
+    image, original_hw, notes = load_image(image_path(root, name), size, on_wrong_format)
+    labels = _load_trimap_labels(trimap_path(root, name), original_hw)
+    if not (labels == 0).any():
+        notes.append("trimap has no pet pixels")
+    resized = Image.fromarray(labels).resize((size, size), Image.Resampling.NEAREST)
+    return Pair(name, image, np.asarray(resized), original_hw, notes)
+
+
+def load_image(
+    path: Path, size: int, on_wrong_format: Literal["convert", "skip"]
+) -> tuple[np.ndarray, tuple[int, int], list[str]]:
+    """Return (RGB uint8 array at ``size``, original (h, w), notes) for the image at ``path``."""
+    if not path.is_file():
+        raise SkipFile("missing image", str(path))
+    try:
+        with Image.open(path) as im:
+            w, h = im.size  # before draft(), which shrinks the reported size
+            notes = _format_notes(im, on_wrong_format)
+            draft = im.draft("RGB", (size, size))
+            im.load()  # decode now: a truncated JPEG only fails here
+            rgb = _to_rgb(im)
+            box = draft[1] if draft else None
+            resized = rgb.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    except _DECODE_ERRORS as exc:
+        raise SkipFile("unreadable image", f"{path.name}: {exc}") from None
+    return np.asarray(resized), (h, w), notes
+
+
+def _format_notes(im: Image.Image, on_wrong_format: str) -> list[str]:
+    """Notes on a file that is not a plain RGB JPEG; raises SkipFile when it must be skipped."""
+    if im.format != "JPEG":
+        what = f"file is {im.format} ({im.mode}), not JPEG"
+        if on_wrong_format == "skip":
+            raise SkipFile("wrong format", f"{what} (preprocess.on_wrong_format = skip)")
+        return [f"decoded as {im.format} ({im.mode}), converted to RGB"]
+    if im.mode != "RGB":
+        return [f"JPEG in mode {im.mode}, converted to RGB"]
+    return []
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any mode to RGB; transparent pixels are composited on black.
+
+    Black is a neutral, deterministic fill. The one real RGBA file (Abyssinian_5) is fully opaque,
+    so for it this equals dropping the alpha channel.
+    """
+    if im.mode == "RGB":
+        return im
+    if "A" in im.getbands() or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _load_trimap_labels(path: Path, image_hw: tuple[int, int]) -> np.ndarray:
+    """Read a trimap at full size, check it against the image, return its labels."""
+    if not path.is_file():
+        raise SkipFile("missing trimap", str(path))
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in ("L", "P"):  # P: the palette indices are the trimap values
+                raise SkipFile("bad trimap values", f"{path.name}: mode {im.mode}, expected L")
+            trimap = np.asarray(im)
+    except _DECODE_ERRORS as exc:
+        raise SkipFile("unreadable trimap", f"{path.name}: {exc}") from None
+    if trimap.shape != image_hw:
+        raise SkipFile(
+            "size mismatch",
+            f"image {image_hw[1]}x{image_hw[0]}, trimap {trimap.shape[1]}x{trimap.shape[0]} (w x h)",
+        )
+    try:
+        return trimap_to_labels(trimap)
+    except ValueError as exc:
+        raise SkipFile("bad trimap values", f"{path.name}: {exc}") from None
