@@ -8,9 +8,10 @@ Every source produces the same layout, so everything downstream is source-blind:
 
 Sources (``data.source``):
 
-- ``oxford-iiit-pet``: the two official archives, downloaded into a cache folder (resumable, retried,
-  MD5-verified, tried mirror by mirror) or taken from ``data.oxford.archives_dir`` without network,
-  then extracted with a member check that rejects anything that would land outside the output.
+- ``oxford-iiit-pet``: the two official archives, downloaded into a cache folder (resumable,
+  retried, MD5-verified, tried mirror by mirror) or taken from ``data.oxford.archives_dir``
+  without network, then extracted with a member check that rejects anything that would land
+  outside the output.
 - ``folder``: an already-extracted dataset at ``data.folder.path``, linked or copied.
 - ``synthetic``: the seeded generator in :mod:`petseg.data.synthetic` (offline demo and CI).
 
@@ -65,9 +66,9 @@ TRANSIENT_ERRORS = (
     TimeoutError,
 )
 OFFLINE_ADVICE = (
-    f"To proceed without these mirrors, download {IMAGES} and {ANNOTATIONS} by other means into one "
-    "folder and set data.oxford.archives_dir to it, or run the offline demo on generated data with "
-    "data.source: synthetic (make demo)."
+    f"To proceed without these mirrors, download {IMAGES} and {ANNOTATIONS} by other means into "
+    "one folder and set data.oxford.archives_dir to it, or run the offline demo on generated data "
+    "with data.source: synthetic (make demo)."
 )
 
 
@@ -96,35 +97,40 @@ def download(params: DataParams, out_dir: Path, archives_dir: Path, progress: bo
         archives = official_archives(params.oxford, archives_dir, progress)
         with atomic_dir(out_dir) as tmp:
             for archive in archives:
+                log.info("extracting %s", archive)
                 safe_extract(archive, tmp)
             missing = missing_layout(tmp)
             if missing:
                 raise DownloadError(
                     f"the archives {', '.join(str(a) for a in archives)} do not hold the official "
-                    f"layout: missing {', '.join(missing)}"
+                    f"layout: missing {', '.join(missing)} (check data.oxford.base_urls)"
                 )
         log.info("extracted %s into %s", ", ".join(a.name for a in archives), out_dir)
 
 
 # ------------------------------------------------------------------------------------- folder
 def missing_layout(root: Path) -> list[str]:
-    """The paths of :data:`LAYOUT` absent under ``root`` (empty when the layout is complete)."""
-    missing = []
-    for rel in LAYOUT:
-        path = root / rel
-        ok = path.is_file() if rel.endswith(".txt") else path.is_dir()
-        if not ok:
-            missing.append(str(path))
-    return missing
+    """The entries of :data:`LAYOUT` absent under ``root`` (empty when the layout is complete)."""
+    return [
+        rel
+        for rel in LAYOUT
+        if not ((root / rel).is_file() if rel.endswith(".txt") else (root / rel).is_dir())
+    ]
 
 
 def check_folder(src: Path, out_dir: Path) -> Path:
     """Check that ``src`` (``data.folder.path``) holds the official layout; return it resolved."""
+    if not src.is_dir():
+        raise DataError(
+            f"data.folder.path = {str(src)!r}: folder {src.resolve()} not found (a relative path "
+            "is relative to the working directory; DVC runs stages from the repository root)"
+        )
     missing = missing_layout(src)
     if missing:
+        paths = ", ".join(str(src / rel) for rel in missing)
         raise DataError(
             f"data.folder.path = {str(src)!r} is not an extracted Oxford-IIIT Pet dataset: missing "
-            f"{', '.join(missing)} (expected images/*.jpg, annotations/trimaps/*.png and "
+            f"{paths} (expected images/*.jpg, annotations/trimaps/*.png and "
             f"annotations/{{{','.join(LIST_FILES)}}})"
         )
     src, out = src.resolve(), out_dir.resolve()
@@ -177,7 +183,9 @@ def copy_layout(src: Path, dest: Path) -> int:
 
 
 # ---------------------------------------------------------------------------------- archives
-def official_archives(params: OxfordParams, archives_dir: Path, progress: bool = True) -> list[Path]:
+def official_archives(
+    params: OxfordParams, archives_dir: Path, progress: bool = True
+) -> list[Path]:
     """The verified ``images.tar.gz`` and ``annotations.tar.gz``: local, cached or downloaded."""
     wanted = (
         (IMAGES, params.images_md5, "data.oxford.images_md5"),
@@ -254,6 +262,9 @@ def _reason(exc: BaseException) -> str:
     errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
     if errno:
         return errno.group(1).strip()
+    short = re.search(r"IncompleteRead\(\d+ bytes read, (\d+) more expected\)", text)
+    if short:
+        return f"connection closed with {short.group(1)} bytes still to come"
     if isinstance(exc, requests.Timeout):
         return "timed out"
     return f"{type(exc).__name__}: {text}"[:300]
@@ -319,7 +330,7 @@ def fetch(
 
 
 def _fetch_from(url: str, part: Path, timeout_s: float, retries: int, progress: bool) -> None:
-    """Complete ``part`` from ``url``, retrying transient failures; :class:`_MirrorFailed` if not."""
+    """Complete ``part`` from ``url``, retrying transient failures, else :class:`_MirrorFailed`."""
     failures = 0
     while True:
         before = _size(part)
@@ -329,14 +340,15 @@ def _fetch_from(url: str, part: Path, timeout_s: float, retries: int, progress: 
         except _Transient as exc:
             failures = 1 if _size(part) > before else failures + 1
             if failures > retries:
-                raise _MirrorFailed(f"{exc} (after {retries} retries)") from None
+                tries = f"{failures} attempt{'s' if failures > 1 else ''}"
+                raise _MirrorFailed(f"{exc} ({tries})") from None
             delay = BACKOFF_S * failures
             log.warning("%s: %s; retry %d/%d in %.1f s", url, exc, failures, retries, delay)
             time.sleep(delay)
 
 
 def _get_once(url: str, part: Path, timeout_s: float, progress: bool) -> None:
-    """One GET that appends to (206) or rewrites (200) ``part``; raise :class:`_Transient` if cut."""
+    """One GET that appends to (206) or rewrites (200) ``part``; :class:`_Transient` if cut."""
     have = _size(part)
     # identity: the bytes on disk must be the archive itself, never a transparently gunzipped body.
     headers = {"Accept-Encoding": "identity"}

@@ -1,0 +1,51 @@
+"""The demo preset edits params.yaml in place, keeps its comments and validates the result."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from petseg.errors import ParamsError
+from petseg.preset import apply_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def params(tmp_path):
+    path = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", path)
+    return path
+
+
+def test_demo_preset_changes_only_its_keys_and_keeps_comments(params):
+    before = params.read_text()
+    preset = yaml.safe_load((ROOT / "presets/demo.yaml").read_text())
+    changed = apply_preset(ROOT / "presets/demo.yaml", params)
+    assert changed and set(changed) <= set(preset)
+    after = params.read_text()
+    assert [ln for ln in after.splitlines() if ln.lstrip().startswith("#")] == [
+        ln for ln in before.splitlines() if ln.lstrip().startswith("#")
+    ]
+    loaded = yaml.safe_load(after)
+    for key, value in preset.items():
+        node = loaded
+        for part in key.split("."):
+            node = node[part]
+        assert node == value
+    # Applying again changes nothing, so a second `make demo` leaves dvc.lock valid.
+    assert apply_preset(ROOT / "presets/demo.yaml", params) == []
+    assert params.read_text() == after
+
+
+def test_unknown_key_and_invalid_value_leave_params_untouched(params, tmp_path):
+    before = params.read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data.sourcee: synthetic\n")
+    with pytest.raises(ParamsError, match="no key data.sourcee"):
+        apply_preset(bad, params)
+    bad.write_text("preprocess.image_size: 50\n")
+    with pytest.raises(ParamsError, match=r"preprocess\.image_size = 50 is invalid"):
+        apply_preset(bad, params)
+    assert params.read_text() == before
