@@ -114,6 +114,7 @@ class Tracker:
             model,
             name="model",
             signature=signature,
+            input_example=example.numpy(),
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
 

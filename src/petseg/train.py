@@ -195,6 +195,17 @@ def _epoch_order(n: int, steps: int, batch: int, rt: Runtime, gen: torch.Generat
     return perm.view(steps, rt.world, batch)[:, rt.rank]
 
 
+def _sync_buffers(model: nn.Module, rt: Runtime) -> None:
+    """Give every rank rank 0's BatchNorm running statistics, so all evaluate the same model."""
+    if rt.world > 1:
+        for buf in model.buffers():
+            dist.broadcast(buf, 0)
+
+
+def _weights_checksum(model: nn.Module) -> float:
+    return float(sum(p.detach().double().abs().sum() for p in model.parameters()))
+
+
 def _all_reduce(t: torch.Tensor, rt: Runtime) -> torch.Tensor:
     if rt.world > 1:
         dist.all_reduce(t)
@@ -286,6 +297,7 @@ def train(
                 progress=progress and rt.main, desc=f"{arch} {epoch}/{p.epochs}",
             )  # fmt: skip
             train_s = watch.elapsed()
+            _sync_buffers(model, rt)
             cm, val_loss_sum, n_val = evaluate(
                 model, val_images, val_masks, torch.arange(rt.rank, len(va), rt.world),
                 eval_feed, p.batch_size, NUM_CLASSES, loss_fn, p.bf16,
@@ -365,12 +377,17 @@ def train(
         "world_size": rt.world,
         "device": str(rt.device.type),
     }
+    if rt.world > 1:  # DDP keeps replicas identical; record the evidence
+        sums = [0.0] * rt.world
+        dist.all_gather_object(sums, _weights_checksum(model))
+        result["weights_checksum_per_rank"] = sums
     if rt.main:
         model.load_state_dict(best["state"])
         _write_outputs(arch, arch_params, image_size, best["state"], result, paths)
         tracker.log_metrics({"best/val_miou": result["best_val_miou"]}, step=best["epoch"])
         if tracking_params.log_model:
-            example = torch.zeros(1, 3, image_size, image_size)
+            # Batch of 2: torch.export would specialise a batch of 1 and refuse other sizes.
+            example = torch.zeros(2, 3, image_size, image_size)
             tracker.log_model(copy.deepcopy(model).to(memory_format=torch.contiguous_format), example)
         tracker.end("FINISHED")
         ckpt_path.unlink(missing_ok=True)

@@ -1,0 +1,243 @@
+"""The three architectures, their registry and the size/FLOP helpers (tiny models, 32x32 inputs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from petseg.config import ArchParams, ModelsParams, UnpoolParams
+from petseg.errors import ParamsError
+from petseg.models import (
+    ARCHITECTURES,
+    MODELS,
+    build_model,
+    count_params,
+    gflops_per_image,
+)
+from petseg.models.unpool import max_unpool2x2
+
+SIZE = 32
+TINY = {"depth": 3, "base_width": 8}
+
+
+def tiny_params(**overrides: object) -> ModelsParams:
+    arch = {**TINY, **overrides}
+    upsample = arch.pop("upsample", "indices")
+    return ModelsParams(
+        strided=ArchParams(**arch),
+        unpool=UnpoolParams(**arch, upsample=upsample),
+        unet=ArchParams(**arch),
+    )
+
+
+def tiny(name: str, **overrides: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(name, tiny_params(**overrides))
+
+
+def images(n: int = 2, size: int = SIZE) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def varied(logits: torch.Tensor) -> torch.Tensor:
+    """Guard comparisons against a trivial constant output.
+
+    Comparisons run in train mode: a fresh model in eval mode (BatchNorm without statistics) decays
+    its activations to ~0 over its many layers and outputs little more than the head's bias.
+    """
+    assert logits.std(dim=(2, 3)).min() > 1e-2
+    return logits
+
+
+@pytest.fixture
+def deterministic_mode():
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def test_registry_is_immutable_and_ordered():
+    assert ARCHITECTURES == ("strided", "unpool", "unet")
+    with pytest.raises(TypeError):
+        MODELS["other"] = MODELS["unet"]  # type: ignore[index]
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ParamsError) as exc:
+        build_model("segnet", ModelsParams())
+    assert "'segnet'" in str(exc.value)
+    assert "strided, unpool, unet" in str(exc.value)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_params_reach_the_model(name):
+    model = build_model(name, tiny_params(depth=2, base_width=4), num_classes=5, in_channels=1)
+    assert (model.depth, model.in_channels) == (2, 1)
+    assert model.head.out_channels == 5
+    assert model.stem[0][0].out_channels == 4
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize("depth", [2, 3])
+def test_output_shape_and_backward(name, depth):
+    model = tiny(name, depth=depth)
+    x = images(2, 32)
+    out = model(x[:, :, :, :16] if depth == 2 else x)  # also a non-square input
+    assert out.shape == (2, 3, 32, 16 if depth == 2 else 32)
+    out.logsumexp(dim=1).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize(
+    ("shape", "needles"),
+    [
+        ((2, 3, 36, 32), ["36x32", "multiple of 8", "models.{name}.depth"]),
+        ((2, 1, 32, 32), ["3 input channels, got 1"]),
+        ((3, 32, 32), ["(N, C, H, W)", "unsqueeze(0)"]),
+    ],
+)
+def test_bad_input_says_how_to_fix(name, shape, needles):
+    with pytest.raises(ValueError) as exc:
+        tiny(name)(torch.zeros(shape))
+    for needle in needles:
+        assert needle.format(name=name) in str(exc.value)
+
+
+def test_size_error_names_image_size_setting():
+    with pytest.raises(ValueError, match=r"set preprocess\.image_size to a multiple of 8"):
+        tiny("unet")(torch.zeros(1, 3, 36, 36))
+
+
+def test_unpool_indices_and_nearest_differ_with_the_same_weights():
+    with_indices = tiny("unpool", upsample="indices")
+    nearest = tiny("unpool", upsample="nearest")
+    nearest.load_state_dict(with_indices.state_dict())  # strict: identical parameter sets
+    x = images()
+    assert not torch.allclose(varied(with_indices(x)), nearest(x), atol=1e-3)
+
+
+def test_max_unpool2x2_is_max_unpool2d_in_deterministic_mode(deterministic_mode):
+    x = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    pooled, idx = F.max_pool2d(x, 2, return_indices=True)
+    pooled.requires_grad_()
+    out = max_unpool2x2(pooled, idx)
+    out.backward(torch.arange(out.numel(), dtype=out.dtype).view_as(out))
+    torch.use_deterministic_algorithms(False)
+    ref_in = pooled.detach().requires_grad_()
+    ref = F.max_unpool2d(ref_in, idx, 2)
+    ref.backward(torch.arange(ref.numel(), dtype=ref.dtype).view_as(ref))
+    assert torch.equal(out, ref)
+    assert torch.equal(pooled.grad, ref_in.grad)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_trains_in_deterministic_mode(name, deterministic_mode):
+    tiny(name)(images()).mean().backward()
+
+
+def test_unet_output_depends_on_its_skips():
+    model = tiny("unet")
+    x = images()
+    ref = varied(model(x))
+    width = model.stem[0][0].out_channels  # level-0 skip: the second half of dec[-1]'s input
+
+    def zero_skip(module, args):
+        (joined,) = args
+        return torch.cat([joined[:, :width], torch.zeros_like(joined[:, width:])], dim=1)
+
+    handle = model.dec[-1].register_forward_pre_hook(zero_skip)
+    try:
+        without_skip = model(x)
+    finally:
+        handle.remove()
+    assert not torch.allclose(ref, without_skip, atol=1e-3)
+    assert torch.equal(model(x), ref)  # the hook is gone again
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_dropout_is_stochastic_in_train_and_deterministic_in_eval(name):
+    model = tiny(name, dropout=0.5)
+    x = images()
+    model.train()
+    assert not torch.allclose(model(x), model(x))
+    model.eval()
+    assert torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_no_dropout_is_deterministic_in_train(name):
+    model = tiny(name).train()
+    x = images()
+    assert torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_channels_last_matches_contiguous(name):
+    model = tiny(name)
+    x = images()
+    ref = varied(model(x))
+    model = model.to(memory_format=torch.channels_last)
+    out = model(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_bf16_autocast_channels_last_train_step(name):
+    model = tiny(name).to(memory_format=torch.channels_last)
+    x = images().contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        loss = F.cross_entropy(out, torch.zeros(2, SIZE, SIZE, dtype=torch.long))
+    assert out.dtype == torch.bfloat16
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_gflops_positive_and_quadratic_in_image_side(name):
+    model = tiny(name).train()
+    small, large = gflops_per_image(model, 32), gflops_per_image(model, 64)
+    assert small > 0
+    assert large / small == pytest.approx(4.0, rel=0.01)
+    assert model.training  # the mode is restored
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_gflops_is_two_flops_per_conv_mac(name):
+    model = tiny(name)
+    macs = []
+
+    def count(module, args, out):
+        (x,) = args
+        if isinstance(module, torch.nn.ConvTranspose2d):  # each input pixel feeds a k*k patch
+            macs.append(x.numel() * module.out_channels * module.weight[0, 0].numel())
+        else:  # each output pixel sums a k*k*in_channels window
+            macs.append(out.numel() * module.weight[0].numel())
+
+    convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    for module in model.modules():
+        if isinstance(module, convs):
+            module.register_forward_hook(count)
+    flops = gflops_per_image(model, SIZE) * 1e9
+    assert flops == pytest.approx(2 * sum(macs), rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_count_params(name):
+    model = tiny(name)
+    assert count_params(model) == sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_default_widths_are_shared():
+    """Equal depth/base_width give every architecture the same encoder widths (fair comparison)."""
+    widths = {
+        name: [block[0][0].out_channels for block in build_model(name, ModelsParams()).down]
+        for name in ARCHITECTURES
+    }
+    assert widths == dict.fromkeys(ARCHITECTURES, [64, 128, 256, 512])
