@@ -1,7 +1,8 @@
-"""The preprocess stage on real Oxford-IIIT Pet files (read in place) and on broken copies in tmp."""
+"""The preprocess stage on real Oxford-IIIT Pet files (read in place) and broken copies in tmp."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from collections import Counter
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from petseg.config import PreprocessParams
-from petseg.data.oxford import breed_of, read_list, trimap_to_labels
+from petseg.data.oxford import breed_of, load_image, read_list, trimap_to_labels
 from petseg.data.prepared import SPLITS, load_split
 from petseg.data.preprocess import preprocess, split_trainval
 from petseg.errors import DataError
@@ -40,7 +41,10 @@ def _make_raw(root: Path, files: dict[str, tuple], trainval: list[str], test: li
     (root / "images").mkdir(parents=True)
     (root / "annotations" / "trimaps").mkdir(parents=True)
     for name, (image, trimap) in files.items():
-        for src, dst in ((image, f"images/{name}.jpg"), (trimap, f"annotations/trimaps/{name}.png")):
+        for src, dst in (
+            (image, f"images/{name}.jpg"),
+            (trimap, f"annotations/trimaps/{name}.png"),
+        ):
             if isinstance(src, Path):
                 (root / dst).symlink_to(src.resolve())
             elif isinstance(src, bytes):
@@ -56,8 +60,6 @@ def _real(raw: Path, name: str) -> tuple[Path, Path]:
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     return buf.getvalue()
@@ -201,11 +203,11 @@ def test_quirks_are_skipped_with_a_reason(quirks_raw, tmp_path):
 
 # ------------------------------------------------------------------------------- bad files
 BROKEN = {
-    "Abyssinian_900": "unreadable image",
-    "Abyssinian_901": "size mismatch",
-    "Abyssinian_902": "bad trimap values",
-    "Abyssinian_903": "missing image",
-    "Abyssinian_904": "missing trimap",
+    "Broken_1": "unreadable image",
+    "Broken_2": "size mismatch",
+    "Broken_3": "bad trimap values",
+    "Broken_4": "missing image",
+    "Broken_5": "missing trimap",
 }
 
 
@@ -219,11 +221,11 @@ def broken_raw(pets_sample, tmp_path_factory):
     files = _good_files(pets_sample)
     files.update(
         {
-            "Abyssinian_900": (image.read_bytes()[: image.stat().st_size // 2], trimap),
-            "Abyssinian_901": (image, other_trimap),
-            "Abyssinian_902": (image, _png_bytes(seven)),
-            "Abyssinian_903": (None, trimap),
-            "Abyssinian_904": (image, None),
+            "Broken_1": (image.read_bytes()[: image.stat().st_size // 2], trimap),
+            "Broken_2": (image, other_trimap),
+            "Broken_3": (image, _png_bytes(seven)),
+            "Broken_4": (None, trimap),
+            "Broken_5": (image, None),
         }
     )
     root = tmp_path_factory.mktemp("broken") / "raw"
@@ -235,8 +237,8 @@ def test_each_bad_file_is_skipped_with_its_reason(broken_raw, tmp_path):
     manifest = preprocess(broken_raw, tmp_path / "out", params, progress=False)
     assert {s["name"]: s["reason"] for s in manifest["skipped"]} == BROKEN
     details = {s["name"]: s["detail"] for s in manifest["skipped"]}
-    assert "truncated" in details["Abyssinian_900"]
-    assert "[7]" in details["Abyssinian_902"]
+    assert "truncated" in details["Broken_1"]
+    assert "[7]" in details["Broken_3"]
     assert manifest["counts"]["test"] == len(GOOD_TEST)
     assert sum(manifest["counts"].values()) == len(GOOD_TRAINVAL + GOOD_TEST)
 
@@ -247,7 +249,7 @@ def test_too_many_bad_files_is_an_error_and_writes_nothing(broken_raw, tmp_path)
         preprocess(broken_raw, tmp_path / "out", params, progress=False)
     message = str(info.value)
     assert "preprocess.max_bad_fraction" in message and "5 of 11" in message
-    assert "missing image x1" in message and "Abyssinian_900" in message
+    assert "missing image x1" in message and "Broken_1" in message
     assert list(tmp_path.iterdir()) == []
 
 
@@ -270,10 +272,22 @@ def test_trimap_to_labels():
             trimap_to_labels(np.array([1, bad], dtype=np.int32))
 
 
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_greyscale_and_cmyk_jpegs_become_rgb_with_a_note(pets_sample, tmp_path, mode):
+    path = tmp_path / "x.jpg"
+    Image.open(pets_sample / "images" / "Abyssinian_100.jpg").convert(mode).save(path)
+    image, hw, notes = load_image(path, SIZE, "skip")
+    assert image.shape == (SIZE, SIZE, 3) and hw == (500, 394)
+    assert notes == [f"JPEG in mode {mode}, converted to RGB"]
+    assert np.abs(image.astype(int) - _plain_image(path)).mean() < 6
+
+
 def test_read_list_skips_headers_and_names_a_malformed_line(pets_sample, tmp_path):
     entries = read_list(pets_sample / "annotations" / "list.txt")
     assert len(entries) == 228 and entries[0].name == "Abyssinian_100"
-    assert entries[0].breed == "Abyssinian" and breed_of("american_bulldog_12") == "american_bulldog"
+    assert (
+        entries[0].breed == "Abyssinian" and breed_of("american_bulldog_12") == "american_bulldog"
+    )
     bad = tmp_path / "trainval.txt"
     bad.write_text("Abyssinian_1 1 1 1\n\nAbyssinian_2 1 cat 1\n")
     with pytest.raises(DataError, match=r"trainval.txt:3: expected"):

@@ -13,8 +13,9 @@ or skipped (``preprocess.on_wrong_format``) and always reported in a note. Per-f
 :class:`SkipFile` with a short reason, so the caller can record them instead of crashing.
 
 Speed: the target size is much smaller than most photos, so JPEGs are decoded at a reduced scale
-(``Image.draft``: the DCT does 1/2, 1/4 or 1/8 of the work) and then resized with an antialiasing
-filter. Trimaps are resized with NEAREST so that labels are never blended.
+(``Image.draft``: 1/2, 1/4 or 1/8, never below the target size), which saves decoding work and
+most of the resize, and then resized with BILINEAR (antialiased when shrinking). Trimaps are
+resized with NEAREST so that labels are never blended.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from PIL import Image
 
 from petseg.errors import DataError
 
-LIST_FILES = ("list.txt", "trainval.txt", "test.txt")
+_JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a camera JPEG with an extra preview frame, still a JPEG
 _TRAILING_NUMBER = re.compile(r"_\d+$")
 
 # Trimap value -> label; 255 marks values that are not allowed (anything but 1, 2, 3).
@@ -87,12 +88,18 @@ def trimap_path(root: Path, name: str) -> Path:
     return Path(root) / "annotations" / "trimaps" / f"{name}.png"
 
 
+def _short(path: Path) -> str:
+    """``images/NAME.jpg``: enough to find the file, and the manifest stays machine-independent."""
+    return f"{path.parent.name}/{path.name}"
+
+
 def read_list(path: Path) -> list[ListEntry]:
-    """Parse a list file; ``#`` lines and blank lines are ignored, anything malformed is an error."""
+    """Parse a list file; ``#`` and blank lines are ignored, a malformed line is an error."""
     try:
         lines = Path(path).read_text().splitlines()
     except FileNotFoundError:
-        raise DataError(f"{path} not found: is this an Oxford-IIIT Pet folder?") from None
+        msg = "expected the Oxford-IIIT Pet layout (run the download stage first)"
+        raise DataError(f"{path} not found: {msg}") from None
     entries = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip() or line.startswith("#"):
@@ -141,11 +148,10 @@ def load_pair(
     original is represented. Raises :class:`SkipFile` for any per-file problem.
     """
     image, original_hw, notes = load_image(image_path(root, name), size, on_wrong_format)
-    labels = _load_trimap_labels(trimap_path(root, name), original_hw)
-    if not (labels == 0).any():
+    mask, has_pet = load_mask(trimap_path(root, name), original_hw, size)
+    if not has_pet:
         notes.append("trimap has no pet pixels")
-    resized = Image.fromarray(labels).resize((size, size), Image.Resampling.NEAREST)
-    return Pair(name, image, np.asarray(resized), original_hw, notes)
+    return Pair(name, image, mask, original_hw, notes)
 
 
 def load_image(
@@ -153,7 +159,7 @@ def load_image(
 ) -> tuple[np.ndarray, tuple[int, int], list[str]]:
     """Return (RGB uint8 array at ``size``, original (h, w), notes) for the image at ``path``."""
     if not path.is_file():
-        raise SkipFile("missing image", str(path))
+        raise SkipFile("missing image", _short(path))
     try:
         with Image.open(path) as im:
             w, h = im.size  # before draft(), which shrinks the reported size
@@ -170,7 +176,7 @@ def load_image(
 
 def _format_notes(im: Image.Image, on_wrong_format: str) -> list[str]:
     """Notes on a file that is not a plain RGB JPEG; raises SkipFile when it must be skipped."""
-    if im.format != "JPEG":
+    if im.format not in _JPEG_FORMATS:
         what = f"file is {im.format} ({im.mode}), not JPEG"
         if on_wrong_format == "skip":
             raise SkipFile("wrong format", f"{what} (preprocess.on_wrong_format = skip)")
@@ -195,24 +201,29 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _load_trimap_labels(path: Path, image_hw: tuple[int, int]) -> np.ndarray:
-    """Read a trimap at full size, check it against the image, return its labels."""
+def load_mask(path: Path, image_hw: tuple[int, int], size: int) -> tuple[np.ndarray, bool]:
+    """Return (labels at ``size`` x ``size``, whether the trimap has pet pixels).
+
+    Every value of the full-size trimap is checked (through its histogram, which is much cheaper
+    than mapping every pixel), so a stray value is caught even where NEAREST would drop it.
+    """
     if not path.is_file():
-        raise SkipFile("missing trimap", str(path))
+        raise SkipFile("missing trimap", _short(path))
     try:
         with Image.open(path) as im:
             im.load()
             if im.mode not in ("L", "P"):  # P: the palette indices are the trimap values
                 raise SkipFile("bad trimap values", f"{path.name}: mode {im.mode}, expected L")
-            trimap = np.asarray(im)
+            trimap_hw = im.size[::-1]
+            present = np.flatnonzero(im.histogram())
+            resized = im.resize((size, size), Image.Resampling.NEAREST)
     except _DECODE_ERRORS as exc:
         raise SkipFile("unreadable trimap", f"{path.name}: {exc}") from None
-    if trimap.shape != image_hw:
-        raise SkipFile(
-            "size mismatch",
-            f"image {image_hw[1]}x{image_hw[0]}, trimap {trimap.shape[1]}x{trimap.shape[0]} (w x h)",
-        )
+    if trimap_hw != image_hw:
+        (h, w), (th, tw) = image_hw, trimap_hw
+        raise SkipFile("size mismatch", f"image {w}x{h}, trimap {tw}x{th} (width x height)")
     try:
-        return trimap_to_labels(trimap)
+        present_labels = trimap_to_labels(present)
     except ValueError as exc:
         raise SkipFile("bad trimap values", f"{path.name}: {exc}") from None
+    return trimap_to_labels(np.asarray(resized)), bool((present_labels == 0).any())

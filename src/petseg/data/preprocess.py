@@ -121,6 +121,7 @@ def _split_lists(raw_dir: Path, params: PreprocessParams) -> dict[str, list[str]
 
 
 def _workers(requested: int) -> int:
+    """``preprocess.workers``, where 0 means one process per CPU core available to us."""
     if requested:
         return requested
     if hasattr(os, "sched_getaffinity"):  # honours CPU pinning (containers, taskset)
@@ -139,6 +140,7 @@ def _decode_all(
     skipped: list[Skipped] = []
     for i, result in enumerate(_decode(raw_dir, names, params, progress)):
         if isinstance(result, Skipped):
+            log.warning("skipped %s: %s (%s)", result.name, result.reason, result.detail)
             skipped.append(result)
         else:
             images[i], masks[i] = result.image, result.mask
@@ -185,8 +187,6 @@ def _rows(rows: list[int]) -> slice | list[int]:
 
 
 def _check_bad_fraction(skipped: list[Skipped], n_listed: int, max_fraction: float) -> None:
-    for s in skipped:
-        log.warning("skipped %s: %s (%s)", s.name, s.reason, s.detail)
     if len(skipped) / n_listed <= max_fraction:
         return
     by_reason = Counter(s.reason for s in skipped).most_common()
@@ -243,4 +243,4 @@ def _manifest(
 def _class_frequencies(masks: np.ndarray) -> dict[str, float]:
     """Fraction of pixels per label at the prepared size (for class weights and the report)."""
     counts = np.bincount(masks.ravel(), minlength=len(CLASSES))
-    return {c: round(float(n) / max(masks.size, 1), 6) for c, n in zip(CLASSES, counts, strict=True)}
+    return {c: round(float(n) / masks.size, 6) for c, n in zip(CLASSES, counts, strict=True)}
