@@ -1,0 +1,288 @@
+"""Training end to end on tiny synthetic data: files, MLflow (a real server), resume, DDP, divergence."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from petseg import config, tracking
+from petseg.config import ModelsParams, SyntheticParams, TrackingParams, TrainParams
+from petseg.data.prepared import load_split
+from petseg.data.preprocess import preprocess
+from petseg.data.synthetic import generate
+from petseg.engine import DivergenceError, Feed, evaluate
+from petseg.metrics import mean_iou
+from petseg.models import ARCHITECTURES
+from petseg.train import CSV_COLUMNS, TrainPaths, load_trained, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODELS = {a: {"depth": 2, "base_width": 8} for a in ARCHITECTURES}
+TINY_TRAIN = {"epochs": 2, "batch_size": 8, "threads": 1, "lr": 0.01}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A tiny synthetic set (32 px) through the real generator and preprocess."""
+    root = tmp_path_factory.mktemp("data")
+    raw = root / "raw"
+    raw.mkdir()
+    generate(raw, SyntheticParams(n_trainval=40, n_test=8, min_size=48, max_size=64), progress=False)
+    params = config.PreprocessParams(image_size=32, val_fraction=0.2, workers=1)
+    preprocess(raw, root / "prepared", params, progress=False)
+    return root / "prepared"
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1, started and stopped by the test."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"), "server",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                pytest.fail("mlflow server did not start")
+            time.sleep(0.5)
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def _paths(root: Path, arch: str, prepared: Path) -> TrainPaths:
+    return TrainPaths(
+        prepared=prepared,
+        model=root / "models" / f"{arch}.pt",
+        metrics=root / "metrics" / f"{arch}.json",
+        plot=root / "plots" / f"{arch}.csv",
+        checkpoint_dir=root / "checkpoints" / arch,
+    )
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_each_architecture_trains_and_logs_to_mlflow(prepared, mlflow_server, tmp_path, monkeypatch):
+    from mlflow import MlflowClient  # the test inspects the store; src uses petseg.tracking only
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    models = ModelsParams.model_validate(TINY_MODELS)
+    track = TrackingParams(experiment="test-train", system_metrics=False)
+    for arch in ARCHITECTURES:
+        paths = _paths(tmp_path, arch, prepared)
+        result = train(
+            arch, TrainParams(**TINY_TRAIN), getattr(models, arch), track, paths, "synthetic",
+            progress=False,
+        )  # fmt: skip
+        assert paths.model.exists() and paths.metrics.exists()
+        assert not paths.checkpoint_dir.joinpath("last.pt").exists()  # removed once finished
+        rows = _read_csv(paths.plot)
+        assert [int(r["epoch"]) for r in rows] == [1, 2]
+        assert all(tuple(r) == CSV_COLUMNS and all(r.values()) for r in rows)
+        saved = json.loads(paths.metrics.read_text())
+        assert saved == json.loads(json.dumps(result))
+        assert saved["params"] > 0 and saved["gflops_per_image"] > 0
+        best = max(float(r["val_miou"]) for r in rows)
+        assert saved["best_val_miou"] == pytest.approx(best, abs=1e-5)
+        model, blob = load_trained(paths.model)
+        assert blob["arch"] == arch and model(torch.rand(2, 3, 32, 32)).shape == (2, 3, 32, 32)
+
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("test-train")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(ARCHITECTURES)
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["data.source"] == "synthetic"
+        assert run.data.params["train.epochs"] == "2"
+        history = client.get_metric_history(run.info.run_id, "val/miou")
+        assert sorted(m.step for m in history) == [1, 2]
+        logged = tracking.load_logged_model(run.info.run_id, ROOT)
+        with torch.no_grad():
+            out = logged(torch.rand(3, 3, 32, 32))
+        assert out.shape == (3, 3, 32, 32)
+
+
+def _stage_cmd(arch: str, work: Path, prepared: Path) -> list[str]:
+    return [
+        sys.executable, str(ROOT / "stages/train.py"), "--arch", arch,
+        "--params", str(work / "params.yaml"), "--prepared", str(prepared),
+        "--model", "models/m.pt", "--metrics", "metrics.json", "--plot", "plot.csv",
+        "--checkpoints", "ckpt",
+    ]  # fmt: skip
+
+
+def _workdir(tmp_path: Path, name: str, train_over: dict) -> Path:
+    work = tmp_path / name
+    work.mkdir()
+    params = {
+        "models": {"unet": {"depth": 2, "base_width": 16}},
+        "train": {**TINY_TRAIN, **train_over},
+        "tracking": {"experiment": "resume", "system_metrics": False, "log_model": False},
+    }
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    return work
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)  # each work dir gets its own sqlite store
+    return env
+
+
+def _runs(work: Path) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("resume")
+    return client, client.search_runs([exp.experiment_id])
+
+
+TIMING_KEYS = {"train_seconds", "train_images_per_s"}
+
+
+def test_killed_training_resumes_to_the_same_result(prepared, tmp_path):
+    over = {"epochs": 3, "augment": {"rotate": 15.0}}
+    full = _workdir(tmp_path, "full", over)
+    subprocess.run(_stage_cmd("unet", full, prepared), cwd=full, env=_env(), check=True)
+
+    cut = _workdir(tmp_path, "cut", over)
+    proc = subprocess.Popen(
+        _stage_cmd("unet", cut, prepared), cwd=cut, env=_env(), stderr=subprocess.DEVNULL
+    )
+    ckpt = cut / "ckpt" / "last.pt"
+    while not ckpt.exists():
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "metrics.json").exists(), "training finished before it could be killed"
+    assert torch.load(ckpt, weights_only=True)["epoch"] < 3
+
+    subprocess.run(_stage_cmd("unet", cut, prepared), cwd=cut, env=_env(), check=True)
+    a = json.loads((full / "metrics.json").read_text())
+    b = json.loads((cut / "metrics.json").read_text())
+    assert {k: v for k, v in a.items() if k not in TIMING_KEYS} == {
+        k: v for k, v in b.items() if k not in TIMING_KEYS
+    }
+    quality = [c for c in CSV_COLUMNS if c not in ("epoch_seconds", "images_per_s")]
+    rows_a, rows_b = _read_csv(full / "plot.csv"), _read_csv(cut / "plot.csv")
+    assert [[r[c] for c in quality] for r in rows_a] == [[r[c] for c in quality] for r in rows_b]
+    client, runs = _runs(cut)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val/miou")]
+    assert sorted(steps) == [1, 2, 3]
+
+
+def test_ddp_two_processes_stay_in_sync_and_reduce_metrics(prepared, tmp_path):
+    work = _workdir(tmp_path, "ddp", {"epochs": 1, "batch_size": 4})
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+        *_stage_cmd("unet", work, prepared)[1:],
+    ]  # fmt: skip
+    subprocess.run(cmd, cwd=work, env=_env(), check=True, timeout=300)
+    result = json.loads((work / "metrics.json").read_text())
+    assert result["world_size"] == 2
+    sums = result["weights_checksum_per_rank"]
+    assert len(sums) == 2 and sums[0] == sums[1]
+    # Rank 0's validation metrics cover the whole val split (both ranks' shards, summed).
+    model, _ = load_trained(work / "models/m.pt")
+    val = load_split(prepared, "val", mmap=False)
+    cm, _, n = evaluate(
+        model, torch.from_numpy(val.images), torch.from_numpy(val.masks),
+        torch.arange(len(val)), Feed(torch.device("cpu"), True), 4, 3, None, False,
+    )  # fmt: skip
+    row = _read_csv(work / "plot.csv")[0]
+    assert n == len(val)
+    assert float(row["val_miou"]) == pytest.approx(mean_iou(cm), rel=1e-5)
+    _, runs = _runs(work)
+    assert len(runs) == 1  # only rank 0 talks to MLflow
+
+
+def test_divergence_names_epoch_and_step_and_writes_no_model(prepared, tmp_path, monkeypatch):
+    import petseg.train as train_mod
+
+    real = train_mod.make_loss
+
+    def exploding(*args):
+        loss_fn, calls = real(*args), []
+
+        def fn(logits, target):
+            calls.append(1)
+            loss = loss_fn(logits, target)
+            return loss * float("nan") if len(calls) == 2 else loss
+
+        return fn
+
+    monkeypatch.setattr(train_mod, "make_loss", exploding)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    paths = _paths(tmp_path, "strided", prepared)
+    track = TrackingParams(experiment="diverge", system_metrics=False, log_model=False)
+    arch = ModelsParams.model_validate(TINY_MODELS).strided
+    with pytest.raises(DivergenceError, match=r"epoch 1, step 2/\d+.*lower train\.lr"):
+        train("strided", TrainParams(**TINY_TRAIN), arch, track, paths, progress=False)
+    assert not paths.model.exists() and not paths.metrics.exists()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("diverge")
+    assert [r.info.status for r in client.search_runs([exp.experiment_id])] == ["FAILED"]
+
+
+def test_stage_rejects_bad_params_with_one_line(prepared, tmp_path):
+    work = _workdir(tmp_path, "bad", {"batch_size": 0})
+    proc = subprocess.run(
+        _stage_cmd("unet", work, prepared), cwd=work, env=_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "train.batch_size = 0 is invalid" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (work / "models").exists()
+
+
+def test_image_size_not_divisible_by_depth_is_a_params_error(prepared, tmp_path):
+    work = _workdir(tmp_path, "deep", {})
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["models"]["unet"]["depth"] = 6  # 32 px is not divisible by 64
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run(
+        _stage_cmd("unet", work, prepared), cwd=work, env=_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "models.unet.depth = 6" in proc.stderr and "preprocess.image_size is 32" in proc.stderr
