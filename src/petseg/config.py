@@ -194,12 +194,25 @@ class ModelsParams(_Section):
     unet: ArchParams = ArchParams()
 
 
+# ----------------------------------------------------------------------------------- evaluate
+class EvaluateParams(_Section):
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    original_resolution: bool = Field(
+        default=True, description="Also score at each test image's own size (logits upsampled)"
+    )
+    n_examples: int = Field(default=6, ge=1, le=100, description="Rows of the prediction grid")
+    grid_scale: int = Field(default=2, ge=1, le=8, description="Nearest upscaling of the grid")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = Field(default=True, description="bf16 autocast on CUDA")
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "data": DataParams,
     "preprocess": PreprocessParams,
     "models": ModelsParams,
     "train": TrainParams,
     "tracking": TrackingParams,
+    "evaluate": EvaluateParams,
 }
 
 
@@ -209,6 +222,7 @@ class Params(_Section):
     models: ModelsParams = ModelsParams()
     train: TrainParams = TrainParams()
     tracking: TrackingParams = TrackingParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
 
 # ------------------------------------------------------------------------------------ loading

@@ -1,0 +1,44 @@
+"""Score every trained model on the test split: ``python stages/evaluate.py --models models ...``."""
+
+import argparse
+from pathlib import Path
+
+from petseg import cli, config
+from petseg.evaluate import EvalPaths, evaluate_all
+from petseg.models import ARCHITECTURES
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--prepared", type=Path, required=True)
+    parser.add_argument("--raw", type=Path, required=True)
+    parser.add_argument("--models", type=Path, required=True, help="folder with <arch>.pt")
+    parser.add_argument("--train-metrics", type=Path, required=True, help="folder with <arch>.json")
+    parser.add_argument("--metrics", type=Path, required=True, help="output folder, <arch>.json")
+    parser.add_argument("--summary", type=Path, required=True)
+    parser.add_argument("--plots", type=Path, required=True)
+    parser.add_argument("--predictions", type=Path, required=True)
+    parser.add_argument("--coco", type=Path, required=True)
+    args = parser.parse_args()
+
+    summary = evaluate_all(
+        config.load_section(args.params, "evaluate"),
+        EvalPaths(
+            prepared=args.prepared,
+            raw=args.raw,
+            models={a: args.models / f"{a}.pt" for a in ARCHITECTURES},
+            train_metrics={a: args.train_metrics / f"{a}.json" for a in ARCHITECTURES},
+            metrics_dir=args.metrics,
+            summary=args.summary,
+            plots=args.plots,
+            predictions=args.predictions,
+            coco=args.coco,
+        ),
+    )
+    for arch, res in summary["architectures"].items():
+        print(f"{arch}: test mIoU {res['miou']:.4f}, pixel accuracy {res['pixel_accuracy']:.4f}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
