@@ -1,4 +1,4 @@
-"""Score every trained model on the test split: ``python stages/evaluate.py --models models ...``."""
+"""Score every trained model on the test split (``python stages/evaluate.py ...``)."""
 
 import argparse
 from pathlib import Path

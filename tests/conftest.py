@@ -1,4 +1,4 @@
-"""Shared fixtures. Real Oxford-IIIT Pet files are read in place from ../shared/data, never copied."""
+"""Shared fixtures. Real Oxford-IIIT Pet files are read in place from ../shared/data."""
 
 from __future__ import annotations
 

@@ -39,7 +39,10 @@ def test_committed_params_are_valid_and_complete():
         ({"models": {"unpool": {"upsample": "bilinear"}}}, "models.unpool.upsample = 'bilinear'"),
         ({"models": {"unet": {"upsample": "nearest"}}}, "unknown key models.unet.upsample"),
         ({"train": {"class_weights": [1, 2]}}, "train.class_weights = [1.0, 2.0] is invalid"),
-        ({"train": {"augment": {"rotat": 5}}}, "unknown key train.augment.rotat (allowed here: color"),
+        (
+            {"train": {"augment": {"rotat": 5}}},
+            "unknown key train.augment.rotat (allowed here: color",
+        ),
     ],
 )
 def test_bad_values_name_the_key(raw, expected):

@@ -1,4 +1,4 @@
-"""Training end to end on tiny synthetic data: files, MLflow (a real server), resume, DDP, divergence."""
+"""Training end to end on tiny synthetic data: files, MLflow server, resume, DDP, divergence."""
 
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ def prepared(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     raw = root / "raw"
     raw.mkdir()
-    generate(raw, SyntheticParams(n_trainval=40, n_test=8, min_size=48, max_size=64), progress=False)
+    generate(
+        raw, SyntheticParams(n_trainval=40, n_test=8, min_size=48, max_size=64), progress=False
+    )
     params = config.PreprocessParams(image_size=32, val_fraction=0.2, workers=1)
     preprocess(raw, root / "prepared", params, progress=False)
     return root / "prepared"
@@ -96,7 +98,9 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_each_architecture_trains_and_logs_to_mlflow(prepared, mlflow_server, tmp_path, monkeypatch):
+def test_each_architecture_trains_and_logs_to_mlflow(
+    prepared, mlflow_server, tmp_path, monkeypatch
+):
     from mlflow import MlflowClient  # the test inspects the store; src uses petseg.tracking only
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)

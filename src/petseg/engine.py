@@ -76,12 +76,17 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def make_loss(
-    class_weights: list[float] | None, label_smoothing: float, dice_weight: float, device: torch.device
+    class_weights: list[float] | None,
+    label_smoothing: float,
+    dice_weight: float,
+    device: torch.device,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     weight = torch.tensor(class_weights, device=device) if class_weights else None
 
     def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=label_smoothing)
+        loss = F.cross_entropy(
+            logits.float(), target, weight=weight, label_smoothing=label_smoothing
+        )
         if dice_weight:
             loss = loss + dice_weight * soft_dice_loss(logits, target)
         return loss
@@ -102,7 +107,7 @@ def train_one_epoch(
     progress: bool = True,
     desc: str = "",
 ) -> float:
-    """One pass over ``batches``; returns the mean training loss. NaN/inf → :class:`DivergenceError`."""
+    """One pass over ``batches``; returns the mean training loss; NaN/inf: DivergenceError."""
     model.train()
     total = 0.0
     bar = tqdm(total=steps, desc=desc, leave=False, disable=None if progress else True)

@@ -12,7 +12,7 @@ class PetsegError(Exception):
 
 
 class ParamsError(PetsegError):
-    """params.yaml is malformed: the message names the dotted key, the bad value, what is allowed."""
+    """params.yaml is malformed: the message names the dotted key, the value, what is allowed."""
 
 
 class DataError(PetsegError):

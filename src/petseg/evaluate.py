@@ -152,7 +152,9 @@ def original_resolution_cm(
         try:
             trimap = np.asarray(Image.open(path))
         except OSError as exc:
-            raise DataError(f"{path}: cannot read the original trimap ({exc}); rerun download") from None
+            raise DataError(
+                f"{path}: cannot read the original trimap ({exc}); rerun download"
+            ) from None
         if trimap.shape != (h, w):
             raise DataError(f"{path}: size {trimap.shape} differs from the manifest's {(h, w)}")
         x = normalize(to_float(torch.from_numpy(images[i : i + 1]).to(device)))
@@ -179,7 +181,9 @@ def choose_examples(per_image: dict[str, np.ndarray], n: int) -> list[int]:
     return sorted(set(hardest) | set(fixed[: n - n_hard]), key=lambda i: (i not in hardest, i))
 
 
-def grid_row(image: np.ndarray, truth: np.ndarray, preds: list[np.ndarray], scale: int) -> Image.Image:
+def grid_row(
+    image: np.ndarray, truth: np.ndarray, preds: list[np.ndarray], scale: int
+) -> Image.Image:
     """input | ground truth | one prediction per architecture, side by side."""
     tiles = [image, PALETTE[truth]] + [PALETTE[p] for p in preds]
     sep = np.full((image.shape[0], 2, 3), 255, dtype=np.uint8)
@@ -203,7 +207,9 @@ def evaluate_all(params: EvaluateParams, paths: EvalPaths) -> dict[str, Any]:
         cm = confusion_matrix(torch.from_numpy(pred), torch.from_numpy(test.masks), NUM_CLASSES)
         res = {"arch": arch, "image_size": blob["image_size"], "n_test": len(test), **scores(cm)}
         if params.original_resolution:
-            cm_orig = original_resolution_cm(model, test.images, test.names, sizes, paths.raw, device)
+            cm_orig = original_resolution_cm(
+                model, test.images, test.names, sizes, paths.raw, device
+            )
             res["original_resolution"] = scores(cm_orig)
         res.update(
             inference_images_per_s=ips,
@@ -264,7 +270,8 @@ def _summary(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def _csv(rows: list[dict[str, Any]]) -> bytes:
     cols = list(rows[0])
     lines = [",".join(cols)] + [
-        ",".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in cols) for r in rows
+        ",".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in cols)
+        for r in rows
     ]
     return ("\n".join(lines) + "\n").encode()
 
@@ -281,7 +288,9 @@ def _write_plot_data(out: Path, results, per_image, names) -> None:
                      "pixels": int(cm[t, p]), "fraction": float(cm[t, p] / max(rows[t, 0], 1))}
                 )  # fmt: skip
         for c in CLASSES:
-            per_class.append({"arch": arch, "class": c, "iou": res["iou"][c], "dice": res["dice"][c]})
+            per_class.append(
+                {"arch": arch, "class": c, "iou": res["iou"][c], "dice": res["dice"][c]}
+            )
         runtime.append(
             {"arch": arch, "train_seconds": float(res["train_seconds"]),
              "train_images_per_s": float(res["train_images_per_s"]),

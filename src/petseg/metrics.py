@@ -18,13 +18,15 @@ import torch
 def confusion_matrix(
     pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None = None
 ) -> torch.Tensor:
-    """(C, C) int64 counts of ``target`` (rows) vs ``pred`` (columns); ``ignore_index`` pixels skipped."""
+    """(C, C) int64 counts of ``target`` (rows) vs ``pred`` (columns); ``ignore_index`` skipped."""
     pred, target = pred.reshape(-1), target.reshape(-1)
     keep = (target >= 0) & (target < num_classes)
     if ignore_index is not None:
         keep &= target != ignore_index
     idx = target[keep].long() * num_classes + pred[keep].long()
-    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )
 
 
 def _np(cm: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -47,7 +49,10 @@ def iou_per_class(cm: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def dice_per_class(cm: torch.Tensor | np.ndarray) -> np.ndarray:
-    """2 TP / (2 TP + FP + FN) per class; NaN where the class is absent from truth and prediction."""
+    """2 TP / (2 TP + FP + FN) per class; NaN where the class is absent from truth and prediction.
+
+    Returned in the same order as :func:`iou_per_class`.
+    """
     cm = _np(cm).astype(np.float64)
     tp = np.diag(cm)
     denom = cm.sum(0) + cm.sum(1)

@@ -1,9 +1,9 @@
 """MLflow tracking: the only module that imports mlflow.
 
-The store defaults to ``sqlite:///<project root>/mlflow.db`` (MLflow 3 deprecates the file store) and
-``MLFLOW_TRACKING_URI`` overrides it. The project root is found from the working directory, and when
-DVC runs an experiment in a temporary copy (``.dvc/tmp/exps/...``) the root is the project that holds
-that copy, so every run lands in the one store that ``make ui`` shows.
+The store defaults to ``sqlite:///<project root>/mlflow.db`` (MLflow 3 deprecates the file
+store) and ``MLFLOW_TRACKING_URI`` overrides it. The project root is found from the working
+directory, and when DVC runs an experiment in a temporary copy (``.dvc/tmp/exps/...``) the root is
+the project that holds that copy, so every run lands in the one store that ``make ui`` shows.
 """
 
 from __future__ import annotations
@@ -83,7 +83,10 @@ class Tracker:
         commit = _git_commit(root)
         if commit:
             all_tags["git.commit"] = commit
-        for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline")):
+        for env, tag in (
+            ("DVC_EXP_NAME", "dvc.exp_name"),
+            ("DVC_EXP_BASELINE_REV", "dvc.baseline"),
+        ):
             if os.environ.get(env):
                 all_tags[tag] = os.environ[env]
         all_tags.update(tags or {})

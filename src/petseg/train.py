@@ -1,4 +1,4 @@
-"""``train(...)``: one architecture, the shared recipe, every epoch in CSV + MLflow, resumable, DDP-ready.
+"""``train(...)``: one architecture, the shared recipe, each epoch in CSV + MLflow, resumable, DDP.
 
 Runs alone (``python stages/train.py --arch unet ...``) or under ``torchrun --nproc-per-node N``
 (DDP: gloo on CPU, nccl on CUDA). Each process trains on its own shard of every epoch's shuffled
@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,9 @@ def _pick_device(choice: str, local_rank: int) -> torch.device:
             choice = "cpu"
     if choice == "cuda":
         if not torch.cuda.is_available():
-            raise ParamsError("train.device = 'cuda' but no CUDA device is visible: use auto or cpu")
+            raise ParamsError(
+                "train.device = 'cuda' but no CUDA device is visible: use auto or cpu"
+            )
         return torch.device("cuda", local_rank)
     if choice == "mps" and not torch.backends.mps.is_available():
         raise ParamsError("train.device = 'mps' but MPS is not available: use auto or cpu")
@@ -185,7 +188,7 @@ def _mlflow_key(column: str) -> str:
     """CSV column → namespaced MLflow metric (``val_miou`` → ``val/miou``)."""
     for prefix in ("train_", "val_"):
         if column.startswith(prefix):
-            return f"{prefix[:-1]}/{column[len(prefix):]}"
+            return f"{prefix[:-1]}/{column[len(prefix) :]}"
     return f"time/{column}" if column in ("epoch_seconds", "images_per_s") else column
 
 
@@ -193,6 +196,13 @@ def _epoch_order(n: int, steps: int, batch: int, rt: Runtime, gen: torch.Generat
     """(steps, batch) rows of this rank for one epoch: a global shuffle, dealt out per rank."""
     perm = torch.randperm(n, generator=gen)[: steps * batch * rt.world]
     return perm.view(steps, rt.world, batch)[:, rt.rank]
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{platform.machine()} CPU, {cores} cores"
 
 
 def _sync_buffers(model: nn.Module, rt: Runtime) -> None:
@@ -227,7 +237,10 @@ def train(
     p = train_params
     torch.manual_seed(p.seed)
     manifest = read_manifest(paths.prepared)
-    tr, va = load_split(paths.prepared, "train", mmap=False), load_split(paths.prepared, "val", mmap=False)
+    tr, va = (
+        load_split(paths.prepared, "train", mmap=False),
+        load_split(paths.prepared, "val", mmap=False),
+    )
     images, masks = torch.from_numpy(tr.images), torch.from_numpy(tr.masks)
     val_images, val_masks = torch.from_numpy(va.images), torch.from_numpy(va.masks)
     image_size = int(manifest["image_size"])
@@ -303,7 +316,9 @@ def train(
                 eval_feed, p.batch_size, NUM_CLASSES, loss_fn, p.bf16,
             )  # fmt: skip
             sums = _all_reduce(
-                torch.tensor([train_loss, val_loss_sum, n_val], dtype=torch.float64, device=rt.device),
+                torch.tensor(
+                    [train_loss, val_loss_sum, n_val], dtype=torch.float64, device=rt.device
+                ),
                 rt,
             )
             cm = _all_reduce(cm, rt).cpu()
@@ -331,7 +346,9 @@ def train(
                 aug_states[0] = aug_gen.get_state()
             if rt.main:
                 _write_csv(paths.plot, history)
-                tracker.log_metrics({_mlflow_key(k): v for k, v in row.items() if k != "epoch"}, epoch)
+                tracker.log_metrics(
+                    {_mlflow_key(k): v for k, v in row.items() if k != "epoch"}, epoch
+                )
                 _save_checkpoint(
                     ckpt_path,
                     {
@@ -376,6 +393,8 @@ def train(
         "image_size": image_size,
         "world_size": rt.world,
         "device": str(rt.device.type),
+        "hardware": _hardware(rt.device),
+        "threads": torch.get_num_threads(),
     }
     if rt.world > 1:  # DDP keeps replicas identical; record the evidence
         sums = [0.0] * rt.world
@@ -388,7 +407,9 @@ def train(
         if tracking_params.log_model:
             # Batch of 2: torch.export would specialise a batch of 1 and refuse other sizes.
             example = torch.zeros(2, 3, image_size, image_size)
-            tracker.log_model(copy.deepcopy(model).to(memory_format=torch.contiguous_format), example)
+            tracker.log_model(
+                copy.deepcopy(model).to(memory_format=torch.contiguous_format), example
+            )
         tracker.end("FINISHED")
         ckpt_path.unlink(missing_ok=True)
     if rt.world > 1:
@@ -405,7 +426,7 @@ def _write_outputs(
     result: dict[str, Any],
     paths: TrainPaths,
 ) -> None:
-    """models/<arch>.pt (weights + the config used, loadable with weights_only=True), metrics JSON."""
+    """models/<arch>.pt (weights + config, loadable with weights_only=True) and metrics JSON."""
     buf = io.BytesIO()
     torch.save(
         {
@@ -430,6 +451,8 @@ def load_trained(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     except FileNotFoundError:
         raise DataError(f"{path} not found: run its train stage (dvc repro)") from None
     arch = blob["arch"]
-    model = build_model(arch, ModelsParams.model_validate({arch: blob["params"]}), blob["num_classes"])
+    model = build_model(
+        arch, ModelsParams.model_validate({arch: blob["params"]}), blob["num_classes"]
+    )
     model.load_state_dict(blob["state_dict"])
     return model.eval(), blob

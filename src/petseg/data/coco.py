@@ -60,7 +60,7 @@ def ground_truth(names: Sequence[str], masks: np.ndarray, classes: Sequence[str]
 
 
 def results(pred: np.ndarray, classes: Sequence[str]) -> list[dict[str, Any]]:
-    """COCO results: one RLE per image (ids 1..N, as in :func:`ground_truth`) and predicted class."""
+    """COCO results: one RLE per image (ids as in :func:`ground_truth`) and predicted class."""
     return [
         {"image_id": i + 1, "category_id": c + 1, "segmentation": rle, "score": 1.0}
         for i, labels in enumerate(pred)

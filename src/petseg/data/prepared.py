@@ -43,7 +43,7 @@ def split_paths(root: str | Path, split: str) -> tuple[Path, Path]:
 
 
 def save_split(root: str | Path, split: str, images: np.ndarray, masks: np.ndarray) -> None:
-    """Write one split's arrays (the caller writes into a temporary folder, see fileio.atomic_dir)."""
+    """Write one split's arrays (the caller writes into a temporary folder: fileio.atomic_dir)."""
     if images.dtype != np.uint8 or masks.dtype != np.uint8:
         raise ValueError("prepared arrays must be uint8")
     if images.ndim != 4 or images.shape[-1] != 3 or masks.shape != images.shape[:3]:
@@ -81,7 +81,7 @@ def load_split(root: str | Path, split: str, mmap: bool = True) -> PreparedSplit
         ) from None
     if len(images) != len(names) or len(masks) != len(names):
         raise DataError(
-            f"{root}: {split} arrays hold {len(images)} images / {len(masks)} masks but the manifest "
-            f"lists {len(names)} names: rerun preprocess"
+            f"{root}: {split} arrays hold {len(images)} images / {len(masks)} masks but the "
+            f"manifest lists {len(names)} names: rerun preprocess"
         )
     return PreparedSplit(images=images, masks=masks, names=list(names))
