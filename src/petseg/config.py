@@ -2,8 +2,9 @@
 
 Each section of params.yaml is a pydantic model with ``extra="forbid"``: an unknown key, a value of
 the wrong type or out of range fails with a :class:`~petseg.errors.ParamsError` that names the
-dotted key (``data.synthetic.n_test``), the bad value and what is allowed. Stages call :func:`load_section`
-and receive only their own section, matching the per-key ``params:`` they declare in dvc.yaml.
+dotted key (``data.synthetic.n_test``), the bad value and what is allowed. Stages call
+:func:`load_section` and receive only their own section, matching the per-key ``params:`` they
+declare in dvc.yaml.
 
 Field descriptions here are the reference; params.yaml carries the same words as comments.
 """
