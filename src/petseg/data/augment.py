@@ -10,19 +10,18 @@ Why batched rather than per-sample PIL transforms: a per-sample pipeline pays Py
 overhead per image and per transform; here every geometric part (flip, zoom, rotation, shift) is
 folded into one 2x3 affine matrix per sample, so the whole batch is warped by a single
 ``grid_sample`` for the images and a single one for the masks, and colour jitter is a single
-batched 3x3 matrix product. That costs a few milliseconds per batch of 32 at 128 px on 2 CPU
-cores, far below the cost of a training step.
+batched 3x3 matrix product. With everything on, a batch of 32 at 128 px takes about 7.5 ms on 2
+idle CPU cores (torch 2.14), against seconds for the training step it feeds.
 
 Randomness: every random number comes from the ``generator`` argument, which must be a CPU
-``torch.Generator``; the same generator state gives the same output, on CPU and on CUDA (the
-small per-sample parameters are drawn on CPU and then moved to the batch's device). Each call
+``torch.Generator``; the same generator state gives the same output. The small per-sample
+parameters are drawn on CPU and then moved to the batch's device, so a CUDA batch gets the same
+draws as a CPU one (outputs then agree up to floating-point rounding). Each call
 draws the same amount of random numbers whatever augmentations are switched on, so turning one
 augmentation off does not change the draws of the others.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -111,9 +110,7 @@ def augment_batch(
         masks = torch.where(flip.view(-1, 1, 1), masks.flip(-1), masks)
 
     if params.color > 0:
-        images = _color_jitter(
-            images, draws["brightness"], draws["contrast"], draws["saturation"]
-        )
+        images = _color_jitter(images, draws["brightness"], draws["contrast"], draws["saturation"])
     return images.contiguous(memory_format=fmt), masks
 
 
@@ -176,11 +173,11 @@ def _warp(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Resample images (bilinear) and masks (nearest) through the same sampling grid.
 
-    Padding is "reflection" for both. Zero padding would paint black pixels labelled with
-    whatever the mask's pad value is: black "background" that the data never contains, or a
-    label that disagrees with the pixels. Reflection fills the uncovered corners with mirrored
-    real content, and because image and mask are mirrored identically, every filled pixel still
-    carries its own label.
+    Padding is "reflection" for both. Zero padding would paint the uncovered corners black in
+    the image and label them 0 in the mask (or whatever pad label one picks): black "pet" or
+    black "background" that the data never contains, teaching the model an artefact.
+    Reflection fills the corners with mirrored real content, and because image and mask are
+    mirrored identically, every filled pixel still carries its own label.
     """
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     images = F.grid_sample(
