@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from petseg import CLASSES, NUM_CLASSES
+from petseg import PALETTE as CLASS_COLOURS
 from petseg.config import EvaluateParams
 from petseg.data import coco
 from petseg.data.augment import normalize, to_float
@@ -37,8 +38,7 @@ from petseg.fileio import atomic_dir, atomic_write_bytes, atomic_write_json
 from petseg.metrics import confusion_matrix, dice_per_class, iou_per_class, mean_iou, pixel_accuracy
 from petseg.train import load_trained
 
-# Colours of the label maps in the prediction grids: pet, background, border.
-PALETTE = np.array([[230, 97, 1], [40, 40, 40], [250, 240, 180]], dtype=np.uint8)
+PALETTE = np.array(CLASS_COLOURS, dtype=np.uint8)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,505 @@
+"""The report stage: a discussion computed from the numbers, tables equal to the metrics JSON, a
+self-contained HTML page, a Markdown twin, and clear errors for missing inputs."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from petseg import CLASSES
+from petseg.config import DataParams, ModelsParams, PreprocessParams, TrainParams
+from petseg.errors import DataError
+from petseg.report import LEGEND, ReportPaths, build_report, discussion
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+COUNTS = {"train": 80, "val": 14, "test": 12}
+IMAGES = ["img_1", "img_2", "img_3", "img_4"]
+
+
+def numbers(pet, background, border, *, seconds=100.0, ips=50.0, params=1_000_000, gflops=1.0):
+    """One architecture's results; mIoU is the mean of the three class IoUs."""
+    iou = dict(zip(CLASSES, (pet, background, border), strict=True))
+    miou = (pet + background + border) / 3
+    dice = {c: 2 * v / (1 + v) for c, v in iou.items()}
+    return {
+        "pixel_accuracy": 0.8 + miou / 10,
+        "miou": miou,
+        "iou": iou,
+        "mean_dice": sum(dice.values()) / 3,
+        "dice": dice,
+        "binary_pet_iou": pet + 0.0123456,
+        "original_resolution": {"miou": miou - 0.0111111, "iou": iou},
+        "inference_images_per_s": ips,
+        "train_seconds": seconds,
+        "train_images_per_s": 40.0,
+        "params": params,
+        "gflops_per_image": gflops,
+    }
+
+
+# strided wins on mIoU and on the border; unpool is the cheapest in every cost column.
+STRIDED_WINS = {
+    "strided": numbers(0.85, 0.90, 0.45, seconds=300.0, ips=80.0, params=2_000_000, gflops=2.5),
+    "unpool": numbers(0.80, 0.88, 0.40, seconds=200.0, ips=100.0, params=1_500_000, gflops=2.0),
+    "unet": numbers(0.78, 0.86, 0.35, seconds=400.0, ips=60.0, params=3_000_000, gflops=3.5),
+}
+UNET_WINS = {
+    "strided": numbers(0.80, 0.88, 0.40, seconds=300.0),
+    "unpool": numbers(0.78, 0.87, 0.38, seconds=200.0),
+    "unet": numbers(0.90, 0.93, 0.55, seconds=400.0),
+}
+TINY_DIFFERENCES = {
+    "strided": numbers(0.800, 0.900, 0.400),
+    "unpool": numbers(0.801, 0.900, 0.401),
+    "unet": numbers(0.802, 0.901, 0.401),
+}
+
+
+def summary_of(results):
+    """metrics/summary.json as the evaluate stage writes it."""
+    keys = ("miou", "pixel_accuracy", "mean_dice", "binary_pet_iou", "train_seconds",
+            "inference_images_per_s", "params", "gflops_per_image")  # fmt: skip
+    archs = {
+        a: {**{k: r[k] for k in keys}, **{f"iou_{c}": r["iou"][c] for c in CLASSES}}
+        for a, r in results.items()
+    }
+    return {"architectures": archs, "best": {}}
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def write_outputs(root: Path, results: dict, experiments: list[dict] | None = None) -> ReportPaths:
+    """A complete fake set of evaluate outputs (and their inputs) under ``root``."""
+    for arch, r in results.items():
+        _write_json(root / "metrics/test" / f"{arch}.json", {"arch": arch, "n_test": 12, **r})
+        _write_json(
+            root / "metrics/train" / f"{arch}.json",
+            {"arch": arch, "epochs": 3, "train_seconds": r["train_seconds"], "device": "cpu",
+             "hardware": "x86_64 CPU, 2 cores", "threads": 2, "world_size": 1},
+        )  # fmt: skip
+        _write_csv(
+            root / "plots/train" / f"{arch}.csv",
+            [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_miou": r["miou"] * e / 3}
+             for e in (1, 2, 3)],
+        )  # fmt: skip
+    _write_json(root / "metrics/summary.json", summary_of(results))
+    ev = root / "plots/eval"
+    _write_csv(
+        ev / "confusion.csv",
+        [{"arch": a, "actual": t, "predicted": p, "pixels": 10, "fraction": float(t == p)}
+         for a in results for t in CLASSES for p in CLASSES],
+    )  # fmt: skip
+    _write_csv(
+        ev / "per_class.csv",
+        [{"arch": a, "class": c, "iou": r["iou"][c], "dice": r["dice"][c]}
+         for a, r in results.items() for c in CLASSES],
+    )  # fmt: skip
+    _write_csv(
+        ev / "runtime.csv",
+        [{"arch": a, "train_seconds": r["train_seconds"],
+          "inference_images_per_s": r["inference_images_per_s"]} for a, r in results.items()],
+    )  # fmt: skip
+    _write_csv(
+        ev / "per_image.csv",
+        [{"image": name, **{a: 0.4 + 0.1 * i for a in results}} for i, name in enumerate(IMAGES)],
+    )
+    grid = np.zeros((8, 5 * 8, 3), dtype=np.uint8)
+    (root / "plots/predictions").mkdir(parents=True)
+    for rank, name in enumerate(IMAGES[:2]):
+        Image.fromarray(grid).save(root / "plots/predictions" / f"{rank:02d}_{name}_miou0.42.png")
+    _write_json(
+        root / "data/prepared/manifest.json",
+        {"image_size": 64, "counts": COUNTS, "skipped": [],
+         "splits": {"test": {"class_frequencies": {"pet": 0.3, "background": 0.65,
+                                                   "border": 0.05}}}},
+    )  # fmt: skip
+    if experiments is not None:
+        _write_csv(root / "plots/experiments.csv", experiments)
+    return ReportPaths(
+        summary=root / "metrics/summary.json",
+        test_metrics=root / "metrics/test",
+        train_metrics=root / "metrics/train",
+        train_plots=root / "plots/train",
+        eval_plots=root / "plots/eval",
+        predictions=root / "plots/predictions",
+        manifest=root / "data/prepared/manifest.json",
+        out=root / "report",
+        experiments=root / "plots/experiments.csv",
+    )
+
+
+PARAMS = {
+    "data": DataParams(source="synthetic"),
+    "preprocess": PreprocessParams(image_size=64),
+    "train": TrainParams(epochs=3, seed=7),
+    "models": ModelsParams(),
+}
+
+
+class Tables(HTMLParser):
+    """Every <table class=...> of a page as rows of (text, is_best) cells, and every <img> src."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[tuple[str, bool]]]] = {}
+        self.srcs: list[str] = []
+        self.hrefs: list[str] = []
+        self._table = self._cell = None
+        self.items: list[str] = []
+        self._li: list[str] | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self._table = self.tables.setdefault(attrs.get("class", ""), [])
+        elif tag == "tr" and self._table is not None:
+            self._table.append([])
+        elif tag in ("td", "th") and self._table is not None:
+            self._cell = ["", "best" in (attrs.get("class") or "").split()]
+        elif tag == "img":
+            self.srcs.append(attrs.get("src", ""))
+        elif tag == "li":
+            self._li = []
+        if "href" in attrs:
+            self.hrefs.append(attrs["href"])
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._table[-1].append((self._cell[0].strip(), self._cell[1]))
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+        elif tag == "li" and self._li is not None:
+            self.items.append("".join(self._li))
+            self._li = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[0] += data
+        if self._li is not None:
+            self._li.append(data)
+
+
+def as_dicts(rows: list[list[str]]) -> dict[str, dict[str, str]]:
+    """First row = header; first column = row key."""
+    header = rows[0]
+    return {r[0]: dict(zip(header, r, strict=True)) for r in rows[1:]}
+
+
+def markdown_table(text: str, first_header: str) -> list[list[str]]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        if not set(line) <= set("|-: "):
+            rows.append([c.strip() for c in line.strip("|").split(" | ")])
+    return rows
+
+
+def markdown_section(text: str, title: str) -> str:
+    return text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def strided_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("strided")
+    paths = write_outputs(root, STRIDED_WINS)
+    index = build_report(paths, **PARAMS)
+    html = index.read_text(encoding="utf-8")
+    markdown = (paths.out / "README.md").read_text(encoding="utf-8")
+    return paths, html, markdown
+
+
+# ----------------------------------------------------------------------------- discussion
+def _facts(results, **kwargs):
+    kwargs = {"counts": COUNTS, "data_source": "synthetic", "seed": 7, **kwargs}
+    return discussion(summary_of(results), **kwargs)
+
+
+def test_report_says_strided_is_best_and_skips_did_not_help(strided_report):
+    _, html, markdown = strided_report
+    md_items = [
+        line[2:]
+        for line in markdown_section(markdown, "Discussion").splitlines()
+        if line[:2] == "- "
+    ]
+    html_items = Tables(html).items
+    assert md_items == html_items
+    text = " ".join(md_items)
+    # 0.7333 vs unpool 0.6933 and unet 0.6633
+    assert (
+        "strided is the best architecture on test mIoU (0.7333), 4.00 points ahead of the "
+        "runner-up unpool (0.6933) and 7.00 points ahead of the worst, unet (0.6633)"
+    ) in text
+    assert "Skip connections did not help on mIoU" in text
+    assert "Skip connections did not help on border IoU" in text
+    assert "Skip connections helped" not in text
+    assert "unet is the best" not in text
+    assert "border: strided (0.4500)" in text
+
+
+def test_unet_winning_by_a_lot_means_skips_helped():
+    facts = _facts(UNET_WINS)
+    text = " ".join(facts)
+    assert text.startswith("unet is the best architecture on test mIoU")
+    skip = [s for s in facts if s.startswith("Skip connections")]
+    assert len(skip) == 2
+    assert skip[0].startswith("Skip connections helped on mIoU")
+    assert "against 0.6933 for strided" in skip[0]  # compared with the better network w/o skips
+    assert skip[1].startswith("Skip connections helped on border IoU")
+    assert "+15.00 points" in skip[1]
+
+
+def test_tiny_differences_are_no_measurable_difference():
+    facts = _facts(TINY_DIFFERENCES)
+    text = " ".join(facts)
+    assert "is the best architecture" not in text
+    assert "no measurable difference between them" in facts[0]
+    skip = [s for s in facts if s.startswith("Skip connections")]
+    assert all("made no measurable difference" in s for s in skip) and len(skip) == 2
+    assert "is level with strided" in text or "is level with it" in text
+
+
+def test_small_but_measurable_difference_is_flagged_as_possible_noise():
+    results = dict(TINY_DIFFERENCES, unet=numbers(0.82, 0.91, 0.40))  # +0.7 points mIoU
+    skip = [s for s in _facts(results) if s.startswith("Skip connections")]
+    assert skip[0].startswith("Skip connections helped on mIoU")
+    assert "noise" in skip[0]
+
+
+def test_time_vs_accuracy_and_resampling_are_computed():
+    facts = _facts(STRIDED_WINS)
+    text = " ".join(facts)
+    assert "unpool is the fastest to train (200.0 s; next strided 300.0 s)" in text
+    assert "unpool is the fastest at inference (100.0 images/s" in text
+    # strided: +100 s over unpool for +4 mIoU points -> 25 s per point
+    assert "takes 100.0 s more to train than unpool (1.5× the time)" in text
+    assert "25.0 extra seconds per mIoU point" in text
+    assert "At inference strided processes 80.0 images/s, 1.25× slower than unpool" in text
+    assert "unpool (unpooling with the pooling indices) trails strided" in text
+    nearest = " ".join(_facts(STRIDED_WINS, unpool_upsample="nearest"))
+    assert "pooling indices" not in nearest and "nearest" in nearest
+
+
+def test_equal_timings_are_not_ranked():
+    results = {
+        a: dict(r, train_seconds=100.0 + i, inference_images_per_s=50.0 + i)
+        for i, (a, r) in enumerate(UNET_WINS.items())
+    }
+    text = " ".join(_facts(results))
+    assert "are equally fast to train" in text and "are equally fast at inference" in text
+    assert "costs no extra training time" in text
+
+
+def test_caveats_follow_the_inputs():
+    synthetic = " ".join(_facts(STRIDED_WINS))
+    assert "trained once (seed 7)" in synthetic
+    assert "below about 1 point of mIoU may be noise" in synthetic
+    assert "12 test images" in synthetic and "80 training" in synthetic
+    assert "synthetic" in synthetic
+    real = " ".join(_facts(STRIDED_WINS, data_source="oxford-iiit-pet"))
+    assert "synthetic" not in real
+    many = " ".join(_facts(STRIDED_WINS, counts={"train": 3000, "val": 680, "test": 3669}))
+    assert "3669 test images" in many and "so few test images" not in many
+
+
+# --------------------------------------------------------------------------------- tables
+SCORE_COLUMNS = {
+    "mIoU ↑": lambda r: r["miou"],
+    "Pixel acc. ↑": lambda r: r["pixel_accuracy"],
+    "IoU pet ↑": lambda r: r["iou"]["pet"],
+    "IoU background ↑": lambda r: r["iou"]["background"],
+    "IoU border ↑": lambda r: r["iou"]["border"],
+    "Mean Dice ↑": lambda r: r["mean_dice"],
+    "Binary pet IoU ↑": lambda r: r["binary_pet_iou"],
+    "mIoU orig. res. ↑": lambda r: r["original_resolution"]["miou"],
+}
+COST_COLUMNS = {
+    "Params (M) ↓": (lambda r: r["params"] / 1e6, 3),
+    "GFLOPs/img ↓": (lambda r: r["gflops_per_image"], 4),
+    "Train s ↓": (lambda r: r["train_seconds"], 1),
+    "Inference img/s ↑": (lambda r: r["inference_images_per_s"], 1),
+}
+
+
+def _check_values(table: dict[str, dict[str, str]], paths: ReportPaths) -> None:
+    assert list(table) == list(STRIDED_WINS)
+    for arch, row in table.items():
+        res = json.loads((paths.test_metrics / f"{arch}.json").read_text())
+        for col, get in SCORE_COLUMNS.items():
+            assert row[col].removesuffix(" ★") == f"{get(res):.4f}", (arch, col)
+        for col, (get, decimals) in COST_COLUMNS.items():
+            assert abs(float(row[col].removesuffix(" ★")) - get(res)) <= 0.5 * 10**-decimals
+
+
+def test_html_table_equals_the_metrics_json(strided_report):
+    paths, html, _ = strided_report
+    rows = Tables(html).tables["metrics"]
+    _check_values(as_dicts([[text for text, _ in row] for row in rows]), paths)
+
+
+def test_markdown_table_equals_the_metrics_json(strided_report):
+    paths, _, markdown = strided_report
+    rows = markdown_table(markdown, "Architecture")
+    plain = [[c.replace("**", "") for c in row] for row in rows]
+    _check_values(as_dicts(plain), paths)
+
+
+BEST = {"mIoU ↑": "strided", "IoU border ↑": "strided", "Params (M) ↓": "unpool",
+        "GFLOPs/img ↓": "unpool", "Train s ↓": "unpool", "Inference img/s ↑": "unpool"}  # fmt: skip
+
+
+def test_best_value_per_column_is_marked_on_the_right_cell(strided_report):
+    _, html, markdown = strided_report
+    rows = Tables(html).tables["metrics"]
+    header = [text for text, _ in rows[0]]
+    for col, arch in BEST.items():
+        j = header.index(col)
+        marked = [row[0][0] for row in rows[1:] if row[j][1]]
+        assert marked == [arch], col
+        starred = [row[0][0] for row in rows[1:] if row[j][0].endswith("★")]
+        assert starred == [arch], col
+    md = markdown_table(markdown, "Architecture")
+    for col, arch in BEST.items():
+        j = md[0].index(col)
+        assert [r[0] for r in md[1:] if r[j].startswith("**") and r[j].endswith("★**")] == [arch]
+
+
+# ------------------------------------------------------------------------ self-containment
+def test_html_is_self_contained_and_every_image_is_an_embedded_png(strided_report):
+    _, html, _ = strided_report
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", html, re.IGNORECASE)
+    assert "<script" not in html and "<link" not in html and "@import" not in html
+    page = Tables(html)
+    assert page.hrefs == []
+    assert len(page.srcs) == 5 + 2  # five charts, two prediction rows
+    for src in page.srcs:
+        assert src.startswith("data:image/png;base64,")
+        png = base64.b64decode(src.split(",", 1)[1], validate=True)
+        assert png.startswith(PNG_SIGNATURE)
+        Image.open(io.BytesIO(png)).verify()
+
+
+def test_markdown_figures_are_png_files_beside_it(strided_report):
+    paths, _, markdown = strided_report
+    refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert len(refs) == 7
+    for ref in refs:
+        assert not ref.startswith(("/", "http"))
+        assert (paths.out / ref).read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_prediction_grid_is_explained(strided_report):
+    _, html, markdown = strided_report
+    for text in (html, markdown):
+        assert "input | ground truth | strided | unpool | unet" in text
+        assert "pet orange" in text.replace(" (orange)", " orange")
+        assert "img_1: min mIoU 0.42" in text
+    for colour in LEGEND.values():
+        assert colour in html
+
+
+def test_legend_is_the_grid_palette_in_hex():
+    assert LEGEND == {"pet": "#e66101", "background": "#282828", "border": "#faf0b4"}
+
+
+def test_setup_reports_data_and_recipe(strided_report):
+    _, html, markdown = strided_report
+    setup = markdown_section(markdown, "Setup")
+    assert "80 train, 14 val, 12 test" in setup
+    assert "64×64 px" in setup and "3 epochs, batch 32" in setup
+    assert "x86_64 CPU, 2 cores" in setup and "2 CPU threads" in setup
+    assert "80 train, 14 val, 12 test" in html
+
+
+# ------------------------------------------------------------------------ regularization
+def test_no_experiments_says_so(strided_report):
+    _, html, markdown = strided_report
+    for text in (html, markdown):
+        assert "No regularization experiments were run" in text
+    assert "regularization" not in Tables(html).tables
+
+
+def test_experiments_table_has_mean_and_std(tmp_path):
+    runs = [{"variant": "dropout", "arch": "unet", "seed": s, "miou": m}
+            for s, m in enumerate((0.70, 0.72, 0.74))]  # fmt: skip
+    runs.append({"variant": "baseline", "arch": "strided", "seed": 0, "miou": 0.65})
+    paths = write_outputs(tmp_path, STRIDED_WINS, experiments=runs)
+    html = build_report(paths, **PARAMS).read_text(encoding="utf-8")
+    rows = Tables(html).tables["regularization"]
+    assert [t for t, _ in rows[0]][:3] == ["Variant", "Architecture", "mIoU"]
+    assert [[t for t, _ in r] for r in rows[1:]] == [
+        ["dropout", "unet", "0.7200 ± 0.0200", "3"],
+        ["baseline", "strided", "0.6500", "1"],
+    ]
+    markdown = (paths.out / "README.md").read_text()
+    assert "| dropout | unet | 0.7200 ± 0.0200 | 3 |" in markdown
+    assert "No regularization experiments" not in markdown
+
+
+def test_experiments_without_required_columns_is_an_error(tmp_path):
+    paths = write_outputs(tmp_path, STRIDED_WINS, experiments=[{"variant": "x", "score": 1.0}])
+    with pytest.raises(DataError, match=r"experiments\.csv lacks the columns arch, miou"):
+        build_report(paths, **PARAMS)
+
+
+# ---------------------------------------------------------------------------------- stage
+def _stage(paths: ReportPaths, params: Path) -> subprocess.CompletedProcess:
+    args = {
+        "--params": params, "--summary": paths.summary, "--test-metrics": paths.test_metrics,
+        "--train-metrics": paths.train_metrics, "--train-plots": paths.train_plots,
+        "--eval-plots": paths.eval_plots, "--predictions": paths.predictions,
+        "--manifest": paths.manifest, "--experiments": paths.experiments, "--out": paths.out,
+    }  # fmt: skip
+    cmd = [sys.executable, str(ROOT / "stages/report.py")]
+    cmd += [str(x) for kv in args.items() for x in kv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_stage_writes_the_report_and_says_where(tmp_path):
+    paths = write_outputs(tmp_path, STRIDED_WINS)
+    params = tmp_path / "params.yaml"
+    params.write_text("data: {source: synthetic}\npreprocess: {image_size: 64}\n")
+    proc = _stage(paths, params)
+    assert proc.returncode == 0, proc.stderr
+    assert str(paths.out / "index.html") in proc.stdout
+    assert (paths.out / "README.md").is_file()
+    assert sorted(p.name for p in paths.out.iterdir()) == ["README.md", "figures", "index.html"]
+
+
+def test_stage_missing_input_exits_2_naming_the_file(tmp_path):
+    paths = write_outputs(tmp_path, STRIDED_WINS)
+    (paths.test_metrics / "unpool.json").unlink()
+    params = tmp_path / "params.yaml"
+    params.write_text("data: {source: synthetic}\n")
+    proc = _stage(paths, params)
+    assert proc.returncode == 2
+    assert "unpool.json" in proc.stderr and "run dvc repro evaluate" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not paths.out.exists()
