@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 demo: install
 	python -m petseg.preset presets/demo.yaml
 	dvc repro
-	@echo "demo done: params.yaml now holds the presets/demo.yaml values (git checkout params.yaml restores the real-data defaults)"
+	@echo "demo done: report in $(CURDIR)/report/index.html (and report/README.md)"
+	@echo "params.yaml now holds the presets/demo.yaml values; 'make params-real' restores the real-data defaults"
 
 ## Whatever params.yaml says now (real data by default).
 repro: install
