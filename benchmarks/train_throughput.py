@@ -1,0 +1,810 @@
+"""Benchmark: training throughput on CPU, as ratios measured in one run (not a test).
+
+Every number is a ratio of two things timed in the same process, interleaved, so that a busy
+machine slows both sides alike; absolute images/s are printed for context only. Targets are
+reported as PASS/MISS and never asserted. Sections:
+
+(a) feed overhead: images/s of the REAL training loop -- ``Feed.batch`` from uint8 tensors +
+    ``augment_batch`` (default AugmentParams) + forward/backward/AdamW via
+    ``engine.train_one_epoch`` with the project's loss, param groups and scheduler -- divided by
+    images/s of the BARE step (forward + loss + backward + AdamW step) on one resident,
+    pre-normalised batch, same model and optimizer. Target >= 0.95. "feed ms" is the time spent
+    making the batch inside the real loop.
+(b) compute efficiency: FLOPs of one training step (forward + backward, counted by
+    ``torch.utils.flop_counter.FlopCounterMode``) / best bare step time, divided by the GFLOP/s of
+    a float32 4096x4096 ``torch.mm`` timed in the same process with the same threads ("/mm").
+    Target >= 0.75 for the U-Net at 128 px, batch 32. Also printed: the same GFLOP/s divided by a
+    oneDNN 1x1 convolution of the same size ("/1x1"): ``torch.mm`` runs MKL SGEMM, which on
+    non-Intel CPUs may not use its fastest kernels, while convolutions run oneDNN; "/1x1" is the
+    ceiling the convolutions can actually reach. For the archs in ``--explore`` the bare step is
+    also timed with other settings: NCHW instead of channels_last, ``AdamW(fused=True)``,
+    ``torch.compile`` (inductor, cold cache: "first s" is compile + first step), and the real
+    loop driving the compiled model.
+(c) batch feed: images/s of ``Feed.batch`` with augmentation from the uint8 arrays in memory,
+    divided by the best naive per-sample ``DataLoader`` (PIL open + convert RGB + resize, image
+    BILINEAR, trimap NEAREST, uint8 tensors, default collate; num_workers 0 and 2, persistent
+    workers, start-up excluded) over a synthetic raw set from ``petseg.data.synthetic.generate``.
+    The naive side does no augmentation and no float conversion, so the ratio is a lower bound.
+    Target >= 50x.
+(d) peak memory: ru_maxrss of a fresh ``python`` child running the project's real ``train()``
+    at ``--size`` on a prepared set as large as the real one (7,390 images, tiled synthetic
+    content, real prepared format and manifest; MLflow to a sqlite store in the work folder,
+    log_model and system metrics off). Limited by monkeypatching inside the child only:
+    ``petseg.train._epoch_order`` keeps its first ``--mem-steps`` rows and ``petseg.train.evaluate``
+    sees the first ``--mem-val-batches`` batches of the validation split. Everything else (loading
+    both splits into RAM, the model, AdamW state, checkpoint, MLflow) is the real code path.
+    Target <= 2 GiB.
+
+Reading it: "best s" is the fastest of the timed steps (least disturbed by other processes),
+"cores" is process CPU seconds / wall seconds of that step (2.0 = both cores of a 2-core machine;
+well below the thread count = other jobs took the cores). Load averages are printed at start and
+end; with load above the core count every absolute number is depressed, the ratios less so.
+
+Usage: python benchmarks/train_throughput.py [--size 128] [--batch 32] [--steps 3]
+       [--archs strided,unpool,unet] [--explore unet] [--threads 0] [--parts abcd]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from petseg import CLASSES, NUM_CLASSES
+from petseg.config import (
+    AugmentParams,
+    ModelsParams,
+    SyntheticParams,
+    TrackingParams,
+    TrainParams,
+)
+from petseg.data.oxford import image_path, read_list, trimap_path, trimap_to_labels
+from petseg.data.prepared import MANIFEST, SPLITS
+from petseg.data.synthetic import generate
+from petseg.engine import Feed, make_loss, train_one_epoch
+from petseg.models import build_model, gflops_per_image
+from petseg.train import Runtime, _epoch_order, _param_groups, _scheduler
+
+CPU = torch.device("cpu")
+GIB = 1024**3
+# The real set: 3,680 trainval (85 % train / 15 % val) + the rest as test = 7,390 images.
+REAL_SPLIT_SIZES = {"train": 3128, "val": 552, "test": 3710}
+TARGETS = {"a": 0.95, "b": 0.75, "c": 50.0, "d_gib": 2.0}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def mark(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def load_str() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+# ------------------------------------------------------------------------------ data on disk
+def make_raw(root: Path, n_images: int, sides: tuple[int, int]) -> Path:
+    """A synthetic raw set in the official layout, ``n_images`` pairs, sides in ``sides``."""
+    raw = root / "raw"
+    n_test = max(1, n_images // 5)
+    params = SyntheticParams(
+        n_trainval=n_images - n_test, n_test=n_test, min_size=sides[0], max_size=sides[1]
+    )
+    generate(raw, params, progress=False)
+    return raw
+
+
+def raw_names(raw: Path) -> list[str]:
+    return [
+        e.name for f in ("trainval.txt", "test.txt") for e in read_list(raw / "annotations" / f)
+    ]
+
+
+def naive_pair(raw: Path, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """What a first per-sample loader does: PIL open, convert RGB, resize; trimap NEAREST."""
+    rgb = Image.open(image_path(raw, name)).convert("RGB")
+    image = np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR))
+    trimap = Image.open(trimap_path(raw, name)).resize((size, size), Image.Resampling.NEAREST)
+    return image, np.asarray(trimap)
+
+
+class NaivePets(Dataset):
+    """Per-sample dataset decoding JPEG/PNG from disk on every access."""
+
+    def __init__(self, raw: Path, names: list[str], size: int) -> None:
+        self.raw, self.names, self.size = raw, names, size
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, trimap = naive_pair(self.raw, self.names[i], self.size)
+        return torch.from_numpy(image.copy()), torch.from_numpy(trimap.astype(np.int64) - 1)
+
+
+def decode_all(raw: Path, names: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, S, S, 3) images and (N, S, S) labels, i.e. the prepared format, in memory."""
+    images = np.empty((len(names), size, size, 3), np.uint8)
+    masks = np.empty((len(names), size, size), np.uint8)
+    for i, name in enumerate(names):
+        image, trimap = naive_pair(raw, name, size)
+        images[i], masks[i] = image, trimap_to_labels(trimap)
+    return images, masks
+
+
+def _write_npy(path: Path, src: np.ndarray, n: int) -> None:
+    """Write an .npy of ``n`` rows tiling ``src``, by plain writes (no mapping: the writer's RSS
+    stays small)."""
+    header = {"descr": src.dtype.str, "fortran_order": False, "shape": (n, *src.shape[1:])}
+    with path.open("wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for start in range(0, n, len(src)):
+            f.write(np.ascontiguousarray(src[: min(len(src), n - start)]).tobytes())
+
+
+def write_large_prepared(
+    root: Path, images: np.ndarray, masks: np.ndarray, sizes: dict[str, int]
+) -> Path:
+    """A prepared folder (``.npy`` per split + manifest) of ``sizes`` images, tiling the inputs."""
+    root.mkdir(parents=True, exist_ok=True)
+    size = images.shape[1]
+    splits: dict[str, Any] = {}
+    for split in SPLITS:
+        n = sizes[split]
+        _write_npy(root / f"{split}_images.npy", images, n)
+        _write_npy(root / f"{split}_masks.npy", masks, n)
+        splits[split] = {
+            "count": n,
+            "listed": n,
+            "names": [f"tiled_{split}_{i}" for i in range(n)],
+            "original_sizes": [[size, size]] * n,
+            "breeds": {"tiled": n},
+        }
+    manifest = {
+        "image_size": size,
+        "classes": list(CLASSES),
+        "counts": {s: sizes[s] for s in SPLITS},
+        "splits": splits,
+        "skipped": [],
+        "notes": [],
+        "params": {"benchmark": "tiled synthetic content"},
+    }
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    return root
+
+
+# ------------------------------------------------------------------------------ ceilings
+class Ceiling:
+    """Best float32 GEMM rate seen in this process, per thread count: MKL ``torch.mm`` and the
+    same product as a oneDNN 1x1 convolution (the library the model's convolutions use)."""
+
+    def __init__(self, n: int = 4096) -> None:
+        self.flops = 2.0 * n**3
+        self.a, self.b, self.c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+        side = math.isqrt(n)  # (1, n, 64, 64) x (n, n, 1, 1): the same n x n x n product
+        self.x = torch.randn(1, n, side, side).contiguous(memory_format=torch.channels_last)
+        self.w = torch.randn(n, n, 1, 1).contiguous(memory_format=torch.channels_last)
+        self.mm: dict[int, float] = {}
+        self.onednn: dict[int, float] = {}
+
+    def measure(self, threads: int, reps: int = 1) -> None:
+        torch.set_num_threads(threads)
+        first = threads not in self.mm
+        with torch.no_grad():
+            if first:  # warm-up: MKL and oneDNN set up their kernels on the first call
+                torch.mm(self.a, self.b, out=self.c)
+                F.conv2d(self.x, self.w)
+            for _ in range(reps + first):
+                t = time.perf_counter()
+                torch.mm(self.a, self.b, out=self.c)
+                mm = self.flops / (time.perf_counter() - t) / 1e9
+                self.mm[threads] = max(self.mm.get(threads, 0.0), mm)
+                t = time.perf_counter()
+                F.conv2d(self.x, self.w)
+                dnn = self.flops / (time.perf_counter() - t) / 1e9
+                self.onednn[threads] = max(self.onednn.get(threads, 0.0), dnn)
+
+
+# --------------------------------------------------------------------------- step contenders
+@dataclass
+class Contender:
+    label: str
+    step: Callable[[], float]  # runs one step; returns seconds spent feeding (0 for bare)
+    threads: int
+    real: bool = False
+    compiled: bool = False
+    twin: Contender | None = None  # for a real loop: the bare step on the same model
+    first_s: float = math.nan
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    feed: list[float] = field(default_factory=list)
+
+    def run(self) -> tuple[float, float, float]:
+        torch.set_num_threads(self.threads)
+        c0, t0 = time.process_time(), time.perf_counter()
+        fed = self.step()
+        return time.perf_counter() - t0, time.process_time() - c0, fed
+
+    @property
+    def best(self) -> float:
+        return min(self.wall)
+
+    @property
+    def best_cores(self) -> float:
+        i = self.wall.index(self.best)
+        return self.cpu[i] / self.wall[i]
+
+
+def bare_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> Callable[[], float]:
+    def step() -> float:
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return 0.0
+
+    return step
+
+
+def real_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    feed: Feed,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    order: Iterator[torch.Tensor],
+    aug_gen: torch.Generator,
+) -> Callable[[], float]:
+    """One step of the project's loop: train_one_epoch over a one-batch generator from Feed."""
+
+    def step() -> float:
+        fed = [0.0]
+
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            t = time.perf_counter()
+            batch = feed.batch(images, masks, next(order), aug_gen)
+            fed[0] = time.perf_counter() - t
+            yield batch
+
+        train_one_epoch(
+            model, batches(), 1, optimizer, scheduler, loss_fn, 1, False, CPU, progress=False
+        )
+        return fed[0]
+
+    return step
+
+
+def epoch_orders(n: int, batch: int, seed: int) -> Iterator[torch.Tensor]:
+    """Batches of indices as train() deals them (``_epoch_order``), epoch after epoch."""
+    rt, gen = Runtime(0, 1, 0, CPU), torch.Generator().manual_seed(seed)
+    while True:
+        yield from _epoch_order(n, n // batch, batch, rt, gen)
+
+
+def step_flops(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> float:
+    """FLOPs of forward + backward of one training step (a copy, so the model is untouched)."""
+    m = copy.deepcopy(model)
+    with FlopCounterMode(display=False) as counter:
+        loss_fn(m(x), y).backward()
+    return float(counter.get_total_flops())
+
+
+@dataclass(frozen=True)
+class Variant:
+    """``{eager|compiled[:mode]}-{cl|nchw}[-fused][-t<threads>]``, e.g. ``compiled-cl-t1``.
+
+    Write ``_`` for ``-`` inside a compile mode: ``compiled:max_autotune-cl``."""
+
+    name: str
+    mode: str | None  # torch.compile mode, None = eager
+    channels_last: bool
+    fused: bool
+    threads: int | None  # None = --threads
+
+    @classmethod
+    def parse(cls, name: str) -> Variant:
+        parts = name.split("-")
+        how, fmt, rest = parts[0], (parts[1:2] or [""])[0], parts[2:]
+        how, _, mode = how.partition(":")
+        fused = "fused" in rest
+        threads = [r for r in rest if r.startswith("t") and r[1:].isdigit()]
+        if (
+            how not in ("eager", "compiled")
+            or fmt not in ("cl", "nchw")
+            or len(rest) != fused + len(threads)
+            or len(threads) > 1
+            or (mode and how == "eager")
+        ):
+            raise SystemExit(
+                f"bad variant {name!r}: expected "
+                "{eager|compiled[:mode]}-{cl|nchw}[-fused][-t<threads>], e.g. compiled-cl-t1"
+            )
+        mode = (mode.replace("_", "-") or "default") if how == "compiled" else None
+        n = int(threads[0][1:]) if threads else None
+        return cls(name, mode, fmt == "cl", fused, n)
+
+    def label(self, threads: int) -> str:
+        how = "eager" if self.mode is None else f"compile({self.mode})"
+        fmt = "channels_last" if self.channels_last else "NCHW"
+        fused = " +fused AdamW" if self.fused else ""
+        thr = f" {self.threads} thr" if self.threads not in (None, threads) else ""
+        return f"bare {how} {fmt}{fused}{thr}"
+
+
+def bench_arch(
+    arch: str,
+    args: argparse.Namespace,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    ceiling: Ceiling,
+) -> dict[str, Any]:
+    """Sections (a) and (b) for one architecture."""
+    p = TrainParams(batch_size=args.batch, threads=args.threads)
+    models = ModelsParams()
+    torch.manual_seed(p.seed)
+    model = build_model(arch, models, NUM_CLASSES).to(memory_format=torch.channels_last)
+    init_state = copy.deepcopy(model.state_dict())
+    optimizer = torch.optim.AdamW(_param_groups(model, p.weight_decay), lr=p.lr)
+    scheduler = _scheduler(optimizer, p, 1_000_000)
+    loss_fn = make_loss(p.class_weights, p.label_smoothing, p.dice_weight, CPU)
+    feed = Feed(CPU, p.channels_last, p.augment)
+    order = epoch_orders(len(images), args.batch, p.seed)
+    aug_gen = torch.Generator().manual_seed(p.seed * 7919 + 1)
+    # The resident batch: pre-normalised, channels_last, no augmentation.
+    x, y = Feed(CPU, True).batch(images, masks, torch.arange(args.batch))
+
+    t = args.threads
+    bare = Contender(
+        "bare eager channels_last (project)", bare_step(model, optimizer, loss_fn, x, y), t
+    )
+    real = Contender(
+        "real loop (Feed+augment+train_one_epoch)",
+        real_step(model, optimizer, scheduler, loss_fn, feed, images, masks, order, aug_gen),
+        t,
+        real=True,
+        twin=bare,
+    )
+    contenders = [real, bare]
+    if arch in args.explore:
+        for v in args.variants:
+            m = build_model(arch, models, NUM_CLASSES)
+            m.load_state_dict(init_state)
+            fmt = torch.channels_last if v.channels_last else torch.contiguous_format
+            m = m.to(memory_format=fmt)
+            opt = torch.optim.AdamW(
+                _param_groups(m, p.weight_decay), lr=p.lr, fused=True if v.fused else None
+            )
+            mode = None if v.mode == "default" else v.mode
+            net = m if v.mode is None else torch.compile(m, mode=mode)
+            step = bare_step(net, opt, loss_fn, x.contiguous(memory_format=fmt), y)
+            vt = v.threads or t
+            variant = Contender(v.label(t), step, vt, compiled=v.mode is not None)
+            contenders.append(variant)
+            first_compiled = not any(c.real and c.compiled for c in contenders)
+            if v.mode is not None and v.channels_last and args.real_compiled and first_compiled:
+                sch = _scheduler(opt, p, 1_000_000)
+                step = real_step(net, opt, sch, loss_fn, feed, images, masks, order, aug_gen)
+                label = variant.label.replace("bare ", "real loop, ", 1)
+                contenders.append(
+                    Contender(label, step, vt, real=True, compiled=True, twin=variant)
+                )
+
+    flops = step_flops(model, loss_fn, x, y)
+    fwd_gflops = gflops_per_image(copy.deepcopy(model), args.size)
+    for c in contenders:
+        log(f"{arch}: warm-up {c.label}")
+        for i in range(args.warmup):
+            wall, _, _ = c.run()
+            if i == 0:
+                c.first_s = wall
+    for r in range(args.steps):
+        for c in contenders:
+            wall, cpu, fed = c.run()
+            c.wall.append(wall)
+            c.cpu.append(cpu)
+            c.feed.append(fed)
+        for n in sorted({c.threads for c in contenders}):
+            ceiling.measure(n)
+        log(f"{arch}: round {r + 1}/{args.steps} done, load {load_str()}")
+    torch.set_num_threads(args.threads)
+    return {"arch": arch, "flops": flops, "fwd_gflops": fwd_gflops, "contenders": contenders}
+
+
+def report_ab(results: list[dict[str, Any]], ceiling: Ceiling, args: argparse.Namespace) -> dict:
+    print("\nGEMM ceilings, best seen (float32, 4096^3 product):")
+    for n in sorted(ceiling.mm):
+        print(
+            f"    {n} thread(s): torch.mm (MKL) {ceiling.mm[n]:6.1f} GFLOP/s, "
+            f"oneDNN 1x1 conv {ceiling.onednn[n]:6.1f} GFLOP/s"
+        )
+    head = (
+        f"{'arch':8s} {'contender':48s} {'thr':>3s} {'best s':>7s} {'img/s':>6s} {'cores':>5s} "
+        f"{'feed ms':>7s} {'GFLOP/s':>7s} {'/mm':>5s} {'/1x1':>5s} {'first s':>7s}"
+    )
+    print(head)
+    print("-" * len(head))
+
+    def eff(c: Contender, flops: float, ceil: dict[int, float]) -> float:
+        return flops / c.best / 1e9 / ceil[c.threads]
+
+    summary: dict[str, Any] = {}
+    for res in results:
+        arch, flops = res["arch"], res["flops"]
+        for c in res["contenders"]:
+            row = (
+                f"{arch:8s} {c.label:48s} {c.threads:3d} {c.best:7.2f} {args.batch / c.best:6.2f} "
+                f"{c.best_cores:5.2f} "
+            )
+            if c.real:
+                row += f"{1000 * min(c.feed):7.1f} {'':19s}"
+            else:
+                row += (
+                    f"{'':7s} {flops / c.best / 1e9:7.1f} {eff(c, flops, ceiling.mm):5.2f} "
+                    f"{eff(c, flops, ceiling.onednn):5.2f}"
+                )
+            print(f"{row} {c.first_s:7.1f}")
+        print(
+            f"{'':8s} (train step = {flops / 1e9:.0f} GFLOP fwd+bwd at batch {args.batch}; "
+            f"forward {res['fwd_gflops']:.2f} GFLOP/image)"
+        )
+    print()
+    for res in results:
+        arch, flops, cs = res["arch"], res["flops"], res["contenders"]
+        real, bare = cs[0], cs[1]
+        ratio_a = bare.best / real.best
+        e = eff(bare, flops, ceiling.mm)
+        bares = [c for c in cs if not c.real]
+        top = max(bares, key=lambda c: eff(c, flops, ceiling.mm))
+        top_e = eff(top, flops, ceiling.mm)
+        b_target = arch == "unet" and args.size == 128 and args.batch == 32
+        # Within each real step: the share of its wall time not spent making the batch. Both
+        # parts of one step see the same load, so this is steadier than the two-sided ratio.
+        in_loop = sorted(1 - f / w for f, w in zip(real.feed, real.wall, strict=True))
+        in_loop_med = in_loop[len(in_loop) // 2]
+        print(
+            f"(a) {arch:8s} real loop / bare step images/s = {ratio_a:.3f}  "
+            f"(target >= {TARGETS['a']}) {mark(ratio_a >= TARGETS['a'])}; "
+            f"non-feed share of the real steps (median) {in_loop_med:.3f} "
+            f"{mark(in_loop_med >= TARGETS['a'])}"
+        )
+        for c in cs[2:]:
+            if c.real and c.twin is not None:
+                r = c.twin.best / c.best
+                print(
+                    f"    {arch:8s} {c.label} / its bare step = {r:.3f} {mark(r >= TARGETS['a'])}"
+                )
+        summary[arch] = {"a": ratio_a, "a_in_loop": in_loop_med, "b": e, "b_best": top_e}
+        tgt = (
+            f"(target >= {TARGETS['b']}) {mark(e >= TARGETS['b'])}"
+            if b_target
+            else "(target only defined for unet at 128 px, batch 32)"
+        )
+        print(f"(b) {arch:8s} eager channels_last GFLOP/s / torch.mm GFLOP/s = {e:.3f}  {tgt}")
+        if len(bares) > 1:
+            tgt = f"{mark(top_e >= TARGETS['b'])}" if b_target else ""
+            print(f"    {arch:8s} best: {top.label} = {top_e:.3f} {tgt}")
+            for c in bares[1:]:
+                extra = ""
+                if c.compiled:
+                    extra = f", first call {c.first_s:.0f} s (compile ~{c.first_s - c.best:.0f} s)"
+                print(
+                    f"      {c.label:48s} /mm {eff(c, flops, ceiling.mm):.3f}, "
+                    f"images/s x{bare.best / c.best:.2f} of project eager{extra}"
+                )
+    return summary
+
+
+# ----------------------------------------------------------------------------- (c) feed
+def bench_feed(
+    args: argparse.Namespace, raw: Path, names: list[str], images: torch.Tensor, masks: torch.Tensor
+) -> dict[str, Any]:
+    aug_gen = torch.Generator().manual_seed(0)
+    project = "Feed.batch + augment (project)"
+    feeds = {  # label: (feed, threads)
+        project: (Feed(CPU, True, AugmentParams()), args.threads),
+        "Feed.batch, no augment": (Feed(CPU, True, None), args.threads),
+    }
+    if args.threads != 1:
+        feeds["Feed.batch + augment, 1 thread"] = (Feed(CPU, True, AugmentParams()), 1)
+    order = epoch_orders(len(images), args.batch, 0)
+    n_batches = len(names) // args.batch
+    ds = NaivePets(raw, names, args.size)
+    loaders = {
+        f"naive DataLoader, num_workers={w}": DataLoader(
+            ds,
+            batch_size=args.batch,
+            shuffle=True,
+            num_workers=w,
+            persistent_workers=w > 0,
+            drop_last=True,
+        )
+        for w in (0, 2)
+    }
+
+    def feed_pass(feed: Feed, threads: int) -> float:
+        torch.set_num_threads(threads)
+        t = time.perf_counter()
+        for _ in range(n_batches):
+            feed.batch(images, masks, next(order), aug_gen)
+        return time.perf_counter() - t
+
+    def loader_pass(loader: DataLoader) -> float:
+        t = time.perf_counter()
+        for _ in loader:
+            pass
+        return time.perf_counter() - t
+
+    for loader in loaders.values():  # start workers, warm the OS file cache
+        loader_pass(loader)
+    for feed, threads in feeds.values():
+        feed_pass(feed, threads)
+    runs: dict[str, list[float]] = {k: [] for k in (*feeds, *loaders)}
+    for _ in range(args.feed_passes):  # interleaved, best of N
+        for k, (feed, threads) in feeds.items():
+            runs[k].append(feed_pass(feed, threads))
+        for k, loader in loaders.items():
+            runs[k].append(loader_pass(loader))
+    del loaders
+    torch.set_num_threads(args.threads)
+    n = n_batches * args.batch
+    rate = {k: n / min(v) for k, v in runs.items()}
+    print(
+        f"\n(c) batch feed vs naive per-sample DataLoader: {n} images of {len(names)} on disk "
+        f"(JPEG sides {args.raw_sides} px),"
+    )
+    print(f"    {args.size} px, batch {args.batch}, best of {args.feed_passes} interleaved passes")
+    for k, v in rate.items():
+        print(f"    {k:40s} {v:9.1f} images/s  ({1000 * args.batch / v:7.2f} ms/batch)")
+    naive = max(v for k, v in rate.items() if k.startswith("naive"))
+    ratio = rate[project] / naive
+    print(
+        f"(c) Feed.batch+augment / best naive DataLoader = {ratio:.1f}x "
+        f"(target >= {TARGETS['c']:.0f}x) {mark(ratio >= TARGETS['c'])}"
+    )
+    return {"c": ratio, "rates": rate}
+
+
+# ---------------------------------------------------------------------------- (d) memory
+def vm_hwm() -> int:
+    """Peak RSS in bytes of this process image (VmHWM; starts afresh at exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return -1
+
+
+def memory_child(spec: dict[str, Any]) -> None:
+    """Runs in a fresh interpreter: the real train(), limited to a few steps (see docstring)."""
+    from petseg import train as train_mod
+    from petseg.train import TrainPaths
+
+    work = Path(spec["work"])
+    before = vm_hwm()
+    real_order, real_evaluate = train_mod._epoch_order, train_mod.evaluate
+
+    def few_steps(n, steps, batch, rt, gen):  # the shuffle of a full epoch, first rows only
+        return real_order(n, steps, batch, rt, gen)[: spec["steps"]]
+
+    def few_val(model, images, masks, indices, feed, batch_size, *rest):
+        return real_evaluate(
+            model, images, masks, indices[: spec["val_batches"] * batch_size], feed, batch_size,
+            *rest,
+        )  # fmt: skip
+
+    train_mod._epoch_order, train_mod.evaluate = few_steps, few_val
+    arch = spec["arch"]
+    t = time.perf_counter()
+    result = train_mod.train(
+        arch,
+        TrainParams(epochs=1, batch_size=spec["batch"], threads=spec["threads"]),
+        getattr(ModelsParams(), arch),
+        TrackingParams(experiment="bench-memory", log_model=False, system_metrics=False),
+        TrainPaths(
+            Path(spec["prepared"]),
+            work / f"{arch}.pt",
+            work / f"{arch}.json",
+            work / f"{arch}.csv",
+            work / "checkpoints" / arch,
+        ),
+        data_source="synthetic-tiled",
+        progress=False,
+    )
+    out = {
+        "arch": arch,
+        "peak_bytes": vm_hwm(),
+        "maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "before_train_bytes": before,
+        "seconds": time.perf_counter() - t,
+        "train_images_per_s": result["train_images_per_s"],
+    }
+    print("MEMORY-RESULT " + json.dumps(out), flush=True)
+
+
+def bench_memory(
+    args: argparse.Namespace, work: Path, images: np.ndarray, masks: np.ndarray
+) -> dict[str, Any]:
+    prepared = write_large_prepared(work / "prepared_large", images, masks, REAL_SPLIT_SIZES)
+    array_bytes = sum(f.stat().st_size for f in prepared.glob("*.npy"))
+    loaded = sum(
+        (prepared / f"{s}_{k}.npy").stat().st_size
+        for s in ("train", "val")
+        for k in ("images", "masks")
+    )
+    print(
+        f"\n(d) peak RSS of the real train() in a fresh process: {sum(REAL_SPLIT_SIZES.values())} "
+        f"images at {args.size} px ({array_bytes / GIB:.2f} GiB of arrays on disk, "
+        f"{loaded / GIB:.2f} GiB of them loaded by train()), batch {args.batch};"
+    )
+    print(
+        f"    limited to {args.mem_steps} train steps and {args.mem_val_batches} validation "
+        "batches by monkeypatching _epoch_order/evaluate inside the child"
+    )
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}")
+    env["PYTHONWARNINGS"] = "ignore"
+    out: dict[str, Any] = {}
+    for arch in args.mem_archs:
+        spec = {
+            "arch": arch,
+            "work": str(work),
+            "prepared": str(prepared),
+            "steps": args.mem_steps,
+            "val_batches": args.mem_val_batches,
+            "batch": args.batch,
+            "threads": args.threads,
+        }
+        log(f"(d) {arch}: training in a child process")
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--memory-child", json.dumps(spec)],
+            cwd=work,  # MLflow's artifact folder and the git lookup stay in the work folder
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("MEMORY-RESULT ")), None)
+        if proc.returncode or line is None:
+            print(f"    {arch}: child failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+            continue
+        res = json.loads(line.split(" ", 1)[1])
+        peak, maxrss = res["peak_bytes"] / GIB, res["maxrss_bytes"] / GIB
+        out[arch] = peak
+        print(
+            f"(d) {arch:8s} peak RSS {peak:.2f} GiB (VmHWM; ru_maxrss {maxrss:.2f}"
+            f" GiB; after imports, before train(): {res['before_train_bytes'] / GIB:.2f} GiB; "
+            f"child ran {res['seconds']:.0f} s) "
+            f"(target <= {TARGETS['d_gib']} GiB) {mark(peak <= TARGETS['d_gib'])}"
+        )
+    print(
+        "    (ru_maxrss survives fork+exec: a child of a big parent reports at least the parent's"
+        " peak, hence VmHWM, and (d) runs first while this process is still small)"
+    )
+    return out
+
+
+# ------------------------------------------------------------------------------------- main
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per contender")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per contender first")
+    parser.add_argument("--archs", default="strided,unpool,unet")
+    parser.add_argument("--explore", default="unet", help="archs timed with every --variants too")
+    parser.add_argument(
+        "--variants",
+        default="eager-cl-fused,eager-cl-t1,compiled-cl,compiled-cl-fused-t1",
+        help="comma-separated {eager|compiled[:mode]}-{cl|nchw}[-fused][-t<threads>]",
+    )
+    parser.add_argument(
+        "--no-real-compiled",
+        dest="real_compiled",
+        action="store_false",
+        help="skip the real loop driving the first compiled channels_last variant",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="0 = all available cores")
+    parser.add_argument("--images", type=int, default=256, help="synthetic raw pairs for (a)-(c)")
+    parser.add_argument(
+        "--raw-sides",
+        default=f"{SyntheticParams().min_size},{SyntheticParams().max_size}",
+        help="min,max side of the synthetic JPEGs (real Oxford photos are mostly ~500x375)",
+    )
+    parser.add_argument("--feed-passes", type=int, default=3)
+    parser.add_argument("--mem-archs", default="unet")
+    parser.add_argument("--mem-steps", type=int, default=2)
+    parser.add_argument("--mem-val-batches", type=int, default=2)
+    parser.add_argument("--parts", default="abcd", help="sections to run; a and b run together")
+    parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
+    parser.add_argument("--warm-compile-cache", action="store_true", help="reuse inductor's cache")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.memory_child:
+        memory_child(json.loads(args.memory_child))
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    args.threads = args.threads or cores or 1
+    torch.set_num_threads(args.threads)
+    for key in ("archs", "explore", "variants", "mem_archs"):
+        setattr(args, key, [s for s in getattr(args, key).split(",") if s])
+    args.variants = [Variant.parse(v) for v in args.variants]
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="petseg-train-throughput-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if not args.warm_compile_cache:  # compile time from a cold cache, as a first training run
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor-cache")
+
+    t_start = time.perf_counter()
+    print(
+        f"petseg train throughput: torch {torch.__version__}, {cpu_name()}, {cores} cores, "
+        f"{args.threads} threads, size {args.size}, batch {args.batch}, {args.steps} timed steps "
+        f"after {args.warmup} warm-up per contender"
+    )
+    omp = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ}
+    print(f"load average at start (1/5/15 min): {load_str()}; OpenMP env: {omp or 'defaults'}")
+    try:
+        log(f"generating {args.images} synthetic pairs in {work}")
+        lo, hi = (int(v) for v in args.raw_sides.split(","))
+        raw = make_raw(work, args.images, (lo, hi))
+        names = raw_names(raw)
+        images_np, masks_np = decode_all(raw, names, args.size)
+        images, masks = torch.from_numpy(images_np), torch.from_numpy(masks_np)
+        summary: dict[str, Any] = {}
+        if "d" in args.parts:  # first: a child inherits ru_maxrss from its parent
+            summary["d"] = bench_memory(args, work, images_np, masks_np)
+        if "a" in args.parts or "b" in args.parts:
+            ceiling = Ceiling()
+            ceiling.measure(args.threads, reps=2)
+            results = [bench_arch(a, args, images, masks, ceiling) for a in args.archs]
+            summary["ab"] = report_ab(results, ceiling, args)
+            del results
+        if "c" in args.parts:
+            summary["c"] = bench_feed(args, raw, names, images, masks)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    total = time.perf_counter() - t_start
+    print(f"\nload average at end (1/5/15 min): {load_str()}; total {total:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
