@@ -1,4 +1,4 @@
-"""The whole DVC pipeline on a copy of the project, with a tiny preset: all seven stages, then nothing.
+"""The whole DVC pipeline on a copy of the project with a tiny preset: seven stages, then none.
 
 This is what `make demo` does (preset + `dvc repro`), sized to take a minute or two.
 """
@@ -18,7 +18,15 @@ import yaml
 from petseg.preset import apply_preset
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("download", "preprocess", "train_strided", "train_unpool", "train_unet", "evaluate", "report")
+STAGES = (
+    "download",
+    "preprocess",
+    "train_strided",
+    "train_unpool",
+    "train_unet",
+    "evaluate",
+    "report",
+)
 
 TINY = {
     "data.source": "synthetic",
@@ -46,7 +54,9 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env.pop("MLFLOW_TRACKING_URI", None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     return proc
 
 

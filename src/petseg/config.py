@@ -70,7 +70,10 @@ class SyntheticParams(_Section):
     min_size: int = Field(default=160, ge=32, le=4096)
     max_size: int = Field(default=320, ge=32, le=4096)
     border_width: float = Field(
-        default=0.045, gt=0, le=0.2, description="Border band width as a fraction of the short side."
+        default=0.045,
+        gt=0,
+        le=0.2,
+        description="Border band width as a fraction of the short side.",
     )
 
     @model_validator(mode="after")
