@@ -1,47 +1,57 @@
 """Benchmark: training throughput on CPU, as ratios measured in one run (not a test).
 
-Every number is a ratio of two things timed in the same process, interleaved, so that a busy
-machine slows both sides alike; absolute images/s are printed for context only. Targets are
-reported as PASS/MISS and never asserted. Sections:
+Every ratio compares two things timed in the same process, interleaved step by step (round
+robin), so that other jobs on the machine slow both sides alike; absolute images/s are context
+only. Targets are printed as PASS/MISS, never asserted. Sections, in the order they run:
 
-(a) feed overhead: images/s of the REAL training loop -- ``Feed.batch`` from uint8 tensors +
-    ``augment_batch`` (default AugmentParams) + forward/backward/AdamW via
-    ``engine.train_one_epoch`` with the project's loss, param groups and scheduler -- divided by
-    images/s of the BARE step (forward + loss + backward + AdamW step) on one resident,
-    pre-normalised batch, same model and optimizer. Target >= 0.95. "feed ms" is the time spent
-    making the batch inside the real loop.
-(b) compute efficiency: FLOPs of one training step (forward + backward, counted by
-    ``torch.utils.flop_counter.FlopCounterMode``) / best bare step time, divided by the GFLOP/s of
-    a float32 4096x4096 ``torch.mm`` timed in the same process with the same threads ("/mm").
-    Target >= 0.75 for the U-Net at 128 px, batch 32. Also printed: the same GFLOP/s divided by a
-    oneDNN 1x1 convolution of the same size ("/1x1"): ``torch.mm`` runs MKL SGEMM, which on
-    non-Intel CPUs may not use its fastest kernels, while convolutions run oneDNN; "/1x1" is the
-    ceiling the convolutions can actually reach. For the archs in ``--explore`` the bare step is
-    also timed with other settings: NCHW instead of channels_last, ``AdamW(fused=True)``,
-    ``torch.compile`` (inductor, cold cache: "first s" is compile + first step), and the real
-    loop driving the compiled model.
+(d) peak memory: peak RSS of a fresh ``python`` child that runs the project's real ``train()`` at
+    ``--size`` / ``--batch`` on a prepared set as large as the real one (7,390 images: tiled
+    synthetic content in the real prepared format, with a manifest; MLflow to a sqlite store in
+    the work folder; log_model and system metrics off). The run is limited by monkeypatching
+    inside the child only: ``petseg.train._epoch_order`` keeps its first ``--mem-steps`` rows and
+    ``petseg.train.evaluate`` sees the first ``--mem-val-batches`` validation batches; everything
+    else (both splits loaded into RAM, model, AdamW state, scheduler, checkpoint, MLflow run) is
+    the real code path. Peak = VmHWM of the child; ru_maxrss is printed too, but Linux carries
+    ru_maxrss over fork+exec, so a child of a big parent would report the parent's peak: that
+    is why (d) runs first, while this process is small. Target <= 2 GiB.
+(a) feed overhead: images/s of the REAL training loop -- ``Feed.batch`` from uint8 tensors,
+    ``augment_batch`` with the default AugmentParams, then ``engine.train_one_epoch`` with the
+    project's loss, parameter groups, AdamW and scheduler -- divided by images/s of the BARE step
+    (forward, loss, backward, AdamW step) on one resident pre-normalised channels_last batch,
+    same model and optimizer: the median over rounds of bare time / real time of back-to-back
+    steps (best/best is printed too). Target >= 0.95. With a few steps such two-sided ratios
+    carry a few % of machine noise; "non-feed share" (1 - feed time / step time, within each
+    real step) is the steadier reading of the same question. "feed ms" = time making the batch.
+(b) compute efficiency: FLOPs of one training step (forward + backward, counted once by
+    ``torch.utils.flop_counter.FlopCounterMode``) / best bare step time, divided by the GFLOP/s
+    of a float32 4096^3 ``torch.mm`` timed in the same process with the same threads ("/mm",
+    the target: >= 0.75 for unet at 128 px, batch 32). "/1x1" divides by the same product run
+    as a oneDNN 1x1 convolution instead: ``torch.mm`` is MKL SGEMM, which may not use its widest
+    kernels on non-Intel CPUs, while the model's convolutions run on oneDNN, so "/1x1" is the
+    ceiling the convolutions could really reach. For the archs in ``--explore`` the bare step is
+    also timed in the ``--variants``: ``{eager|compiled[:mode]}-{cl|nchw}[-fused][-t<N>]`` =
+    eager or ``torch.compile`` (inductor), channels_last or NCHW, ``AdamW(fused=True)``, N
+    threads (its ratio then uses the GEMM ceiling at N threads). "first s" = the first step,
+    i.e. compile + one step for compiled variants; the inductor cache starts empty in each run
+    (unless ``--warm-compile-cache``), but later compiles in a run reuse the earlier ones'
+    kernels, so only the first compiled variant shows a cold compile. The real loop driving the
+    first compiled channels_last model is timed too ((a) for a compiled model).
 (c) batch feed: images/s of ``Feed.batch`` with augmentation from the uint8 arrays in memory,
-    divided by the best naive per-sample ``DataLoader`` (PIL open + convert RGB + resize, image
-    BILINEAR, trimap NEAREST, uint8 tensors, default collate; num_workers 0 and 2, persistent
-    workers, start-up excluded) over a synthetic raw set from ``petseg.data.synthetic.generate``.
-    The naive side does no augmentation and no float conversion, so the ratio is a lower bound.
-    Target >= 50x.
-(d) peak memory: ru_maxrss of a fresh ``python`` child running the project's real ``train()``
-    at ``--size`` on a prepared set as large as the real one (7,390 images, tiled synthetic
-    content, real prepared format and manifest; MLflow to a sqlite store in the work folder,
-    log_model and system metrics off). Limited by monkeypatching inside the child only:
-    ``petseg.train._epoch_order`` keeps its first ``--mem-steps`` rows and ``petseg.train.evaluate``
-    sees the first ``--mem-val-batches`` batches of the validation split. Everything else (loading
-    both splits into RAM, the model, AdamW state, checkpoint, MLflow) is the real code path.
-    Target <= 2 GiB.
+    divided by the best naive per-sample ``DataLoader`` (``Dataset.__getitem__``: PIL open +
+    convert RGB + resize, image BILINEAR, trimap NEAREST, to uint8 tensors; default collate;
+    num_workers 0 and 2, persistent workers, so worker start-up is not counted) over a raw set
+    written by ``petseg.data.synthetic.generate``. The naive side does no augmentation and no
+    float conversion, so the ratio is a lower bound. Target >= 50x.
 
-Reading it: "best s" is the fastest of the timed steps (least disturbed by other processes),
-"cores" is process CPU seconds / wall seconds of that step (2.0 = both cores of a 2-core machine;
-well below the thread count = other jobs took the cores). Load averages are printed at start and
-end; with load above the core count every absolute number is depressed, the ratios less so.
+Reading it: "best s" is the fastest timed step of a contender (the least disturbed by other
+jobs); "cores" = process CPU seconds / wall seconds of that step (about 2.0 with two threads on
+an idle 2-core machine; far less = other jobs had the cores). On a shared machine libgomp's
+default spin-waiting makes multi-threaded steps very sensitive to other jobs; compare a run under
+``OMP_WAIT_POLICY=PASSIVE`` (printed in the header) before trusting numbers from a busy box.
 
 Usage: python benchmarks/train_throughput.py [--size 128] [--batch 32] [--steps 3]
-       [--archs strided,unpool,unet] [--explore unet] [--threads 0] [--parts abcd]
+       [--archs strided,unpool,unet] [--explore unet] [--variants ...] [--threads 0]
+       [--parts abcd] [--json ratios.json]
 """
 
 from __future__ import annotations
@@ -458,6 +468,16 @@ def report_ab(results: list[dict[str, Any]], ceiling: Ceiling, args: argparse.Na
     def eff(c: Contender, flops: float, ceil: dict[int, float]) -> float:
         return flops / c.best / 1e9 / ceil[c.threads]
 
+    def median(values: list[float]) -> float:
+        values = sorted(values)
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+    def paired(real: Contender) -> float:
+        """Median over rounds of bare time / real time: each pair ran back to back."""
+        assert real.twin is not None
+        return median([b / r for b, r in zip(real.twin.wall, real.wall, strict=True)])
+
     summary: dict[str, Any] = {}
     for res in results:
         arch, flops = res["arch"], res["flops"]
@@ -482,29 +502,34 @@ def report_ab(results: list[dict[str, Any]], ceiling: Ceiling, args: argparse.Na
     for res in results:
         arch, flops, cs = res["arch"], res["flops"], res["contenders"]
         real, bare = cs[0], cs[1]
-        ratio_a = bare.best / real.best
+        ratio_a = paired(real)
         e = eff(bare, flops, ceiling.mm)
         bares = [c for c in cs if not c.real]
-        top = max(bares, key=lambda c: eff(c, flops, ceiling.mm))
+        top = min(bares, key=lambda c: c.best)  # the fastest bare step, in images/s
         top_e = eff(top, flops, ceiling.mm)
         b_target = arch == "unet" and args.size == 128 and args.batch == 32
         # Within each real step: the share of its wall time not spent making the batch. Both
         # parts of one step see the same load, so this is steadier than the two-sided ratio.
-        in_loop = sorted(1 - f / w for f, w in zip(real.feed, real.wall, strict=True))
-        in_loop_med = in_loop[len(in_loop) // 2]
+        in_loop_med = median([1 - f / w for f, w in zip(real.feed, real.wall, strict=True)])
         print(
-            f"(a) {arch:8s} real loop / bare step images/s = {ratio_a:.3f}  "
-            f"(target >= {TARGETS['a']}) {mark(ratio_a >= TARGETS['a'])}; "
-            f"non-feed share of the real steps (median) {in_loop_med:.3f} "
-            f"{mark(in_loop_med >= TARGETS['a'])}"
+            f"(a) {arch:8s} real loop / bare step images/s = {ratio_a:.3f} (median of paired "
+            f"steps; best/best {bare.best / real.best:.3f}) (target >= {TARGETS['a']}) "
+            f"{mark(ratio_a >= TARGETS['a'])}\n    {arch:8s} non-feed share of the real steps "
+            f"(median) {in_loop_med:.3f} {mark(in_loop_med >= TARGETS['a'])}"
         )
         for c in cs[2:]:
             if c.real and c.twin is not None:
-                r = c.twin.best / c.best
+                r = paired(c)
                 print(
                     f"    {arch:8s} {c.label} / its bare step = {r:.3f} {mark(r >= TARGETS['a'])}"
                 )
-        summary[arch] = {"a": ratio_a, "a_in_loop": in_loop_med, "b": e, "b_best": top_e}
+        summary[arch] = {
+            "a": ratio_a,
+            "a_non_feed_share": in_loop_med,
+            "b": e,
+            "b_fastest": top_e,
+            "b_fastest_label": top.label,
+        }
         tgt = (
             f"(target >= {TARGETS['b']}) {mark(e >= TARGETS['b'])}"
             if b_target
@@ -513,11 +538,12 @@ def report_ab(results: list[dict[str, Any]], ceiling: Ceiling, args: argparse.Na
         print(f"(b) {arch:8s} eager channels_last GFLOP/s / torch.mm GFLOP/s = {e:.3f}  {tgt}")
         if len(bares) > 1:
             tgt = f"{mark(top_e >= TARGETS['b'])}" if b_target else ""
-            print(f"    {arch:8s} best: {top.label} = {top_e:.3f} {tgt}")
+            print(f"    {arch:8s} fastest: {top.label} = {top_e:.3f} {tgt}")
             for c in bares[1:]:
                 extra = ""
                 if c.compiled:
-                    extra = f", first call {c.first_s:.0f} s (compile ~{c.first_s - c.best:.0f} s)"
+                    comp = max(0.0, c.first_s - c.best)
+                    extra = f", first call {c.first_s:.0f} s (compile ~{comp:.0f} s)"
                 print(
                     f"      {c.label:48s} /mm {eff(c, flops, ceiling.mm):.3f}, "
                     f"images/s x{bare.best / c.best:.2f} of project eager{extra}"
@@ -756,6 +782,7 @@ def main() -> None:
     parser.add_argument("--parts", default="abcd", help="sections to run; a and b run together")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--warm-compile-cache", action="store_true", help="reuse inductor's cache")
+    parser.add_argument("--json", type=Path, default=None, help="also write the ratios here")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -799,6 +826,9 @@ def main() -> None:
             del results
         if "c" in args.parts:
             summary["c"] = bench_feed(args, raw, names, images, masks)
+        if args.json:
+            summary["load_average_end"] = os.getloadavg()
+            args.json.write_text(json.dumps(summary, indent=2, default=str))
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
