@@ -168,7 +168,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _runs(work: Path) -> list:
+def _runs(work: Path) -> tuple:
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
