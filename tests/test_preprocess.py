@@ -324,3 +324,63 @@ def test_cli_prints_a_summary(tmp_path, quirks_raw):
     assert result.stdout.startswith("preprocess: train ")
     assert "0 skipped, 3 notes" in result.stdout
     assert (tmp_path / "prepared" / "manifest.json").is_file()
+
+
+# ------------------------------------------------------------------------- parallel decoding
+def test_parallel_decoding_equals_one_process(pets_sample, prepared, tmp_path):
+    """Two processes (this one and a forked worker) give byte-identical arrays and manifest."""
+    out, manifest = prepared  # default workers: one per core
+    single = preprocess(
+        pets_sample, tmp_path / "one", PreprocessParams(image_size=SIZE, workers=1), progress=False
+    )
+    three = preprocess(
+        pets_sample,
+        tmp_path / "three",
+        PreprocessParams(image_size=SIZE, workers=3),
+        progress=False,
+    )
+    for other in (single, three):
+        assert {k: v for k, v in other.items() if k != "params"} == {
+            k: v for k, v in manifest.items() if k != "params"
+        }
+    for split in SPLITS:
+        ref = load_split(out, split)
+        for folder in ("one", "three"):
+            got = load_split(tmp_path / folder, split)
+            assert np.array_equal(got.images, ref.images) and np.array_equal(got.masks, ref.masks)
+
+
+def _crash_in_workers(parent: int, how: str):
+    import os
+
+    from petseg.data import oxford
+
+    real = oxford.load_pair
+
+    def load_pair(*args, **kwargs):
+        if os.getpid() != parent:
+            if how == "exit":
+                os._exit(3)
+            raise RuntimeError("boom in a worker")
+        return real(*args, **kwargs)
+
+    return load_pair
+
+
+@pytest.mark.parametrize(
+    ("how", "error", "match"),
+    [("exit", DataError, "worker process died \\(exit code 3\\)"), ("raise", RuntimeError, "boom")],
+)
+def test_a_failing_worker_process_is_an_error_and_writes_nothing(
+    pets_sample, tmp_path, monkeypatch, how, error, match
+):
+    import os
+
+    from petseg.data import preprocess as module
+
+    monkeypatch.setattr(module, "load_pair", _crash_in_workers(os.getpid(), how))
+    with pytest.raises(error, match=match):
+        preprocess(
+            pets_sample, tmp_path / "out", PreprocessParams(image_size=SIZE, workers=2), False
+        )
+    assert not (tmp_path / "out").exists()
