@@ -215,3 +215,50 @@ def test_cuda_matches_cpu():
     assert gpu_i.is_cuda and gpu_m.is_cuda
     torch.testing.assert_close(gpu_i.cpu(), cpu_i, atol=1e-4, rtol=0)
     assert (gpu_m.cpu() == cpu_m).float().mean() > 0.999  # nearest ties may round differently
+    u8, m8 = u8_batch(n=8)
+    cpu_x, cpu_y = augment.make_batch(u8, m8, AugmentParams(), gen(5))
+    gpu_x, gpu_y = augment.make_batch(u8.cuda(), m8.cuda(), AugmentParams(), gen(5))
+    assert gpu_x.is_cuda and gpu_x.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(gpu_x.cpu(), cpu_x, atol=1e-3, rtol=0)
+    assert (gpu_y.cpu() == cpu_y).float().mean() > 0.999
+
+
+# --------------------------------------------------------------------- the fused training feed
+def u8_batch(n: int = 4, h: int = 32, w: int = 32, seed: int = 0):
+    images = torch.randint(0, 256, (n, h, w, 3), dtype=torch.uint8, generator=gen(seed))
+    return images, block_masks(n, h, w, seed=seed).to(torch.uint8)
+
+
+@pytest.mark.parametrize("name", [*CONFIGS, "disabled", "none"])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_make_batch_equals_the_step_by_step_pipeline(name, channels_last):
+    """make_batch == normalize(augment_batch(to_float(.))): same draws, same masks, same layout."""
+    params = {"disabled": AugmentParams(enabled=False), "none": None}.get(name, CONFIGS.get(name))
+    images, masks = u8_batch()
+    x, y = augment.make_batch(images, masks, params, gen(7), channels_last)
+    expected = to_float(images)
+    expected_masks = masks.long()
+    if params is not None:
+        expected, expected_masks = augment_batch(expected, expected_masks, params, gen(7))
+    torch.testing.assert_close(x, normalize(expected), atol=1e-5, rtol=0)
+    assert torch.equal(y, expected_masks) and y.dtype == torch.int64
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert x.dtype == torch.float32 and x.is_contiguous(memory_format=fmt)
+
+
+def test_make_batch_clamps_colour_to_the_valid_range():
+    """Strong jitter pushes values past [0, 1]: the normalised output stays within its image."""
+    images, masks = u8_batch(n=16)
+    x, _ = augment.make_batch(images, masks, AugmentParams(color=0.9), gen(1))
+    lo = (-torch.tensor(MEAN) / torch.tensor(STD)).view(1, 3, 1, 1)
+    hi = ((1 - torch.tensor(MEAN)) / torch.tensor(STD)).view(1, 3, 1, 1)
+    assert (x >= lo - 1e-6).all() and (x <= hi + 1e-6).all()
+    assert (x <= lo + 1e-6).any() and (x >= hi - 1e-6).any()  # the clamp did act
+
+
+def test_make_batch_rejects_bad_inputs():
+    images, masks = u8_batch()
+    with pytest.raises(ValueError, match="uint8"):
+        augment.make_batch(images.float(), masks, None, None)
+    with pytest.raises(ValueError, match="masks"):
+        augment.make_batch(images, masks[:, :16], AugmentParams(), gen())

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from petseg import config
 from petseg.config import ArchParams, ModelsParams, UnpoolParams
 from petseg.errors import ParamsError
 from petseg.models import (
@@ -15,6 +19,7 @@ from petseg.models import (
     count_params,
     gflops_per_image,
 )
+from petseg.models.blocks import BLOCKS, Residual, conv_block, conv_bn_relu
 from petseg.models.unpool import max_unpool2x2
 
 SIZE = 32
@@ -137,8 +142,9 @@ def test_max_unpool2x2_is_max_unpool2d_in_deterministic_mode(deterministic_mode)
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
-def test_trains_in_deterministic_mode(name, deterministic_mode):
-    tiny(name)(images()).mean().backward()
+@pytest.mark.parametrize("block", BLOCKS)
+def test_trains_in_deterministic_mode(name, block, deterministic_mode):
+    tiny(name, block=block)(images()).mean().backward()
 
 
 def test_unet_output_depends_on_its_skips():
@@ -161,8 +167,9 @@ def test_unet_output_depends_on_its_skips():
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
-def test_dropout_is_stochastic_in_train_and_deterministic_in_eval(name):
-    model = tiny(name, dropout=0.5)
+@pytest.mark.parametrize("block", BLOCKS)
+def test_dropout_is_stochastic_in_train_and_deterministic_in_eval(name, block):
+    model = tiny(name, dropout=0.5, block=block)
     x = images()
     model.train()
     assert not torch.allclose(model(x), model(x))
@@ -178,8 +185,9 @@ def test_no_dropout_is_deterministic_in_train(name):
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
-def test_channels_last_matches_contiguous(name):
-    model = tiny(name)
+@pytest.mark.parametrize("block", BLOCKS)
+def test_channels_last_matches_contiguous(name, block):
+    model = tiny(name, block=block)
     x = images()
     ref = varied(model(x))
     model = model.to(memory_format=torch.channels_last)
@@ -188,8 +196,9 @@ def test_channels_last_matches_contiguous(name):
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
-def test_bf16_autocast_channels_last_train_step(name):
-    model = tiny(name).to(memory_format=torch.channels_last)
+@pytest.mark.parametrize("block", BLOCKS)
+def test_bf16_autocast_channels_last_train_step(name, block):
+    model = tiny(name, block=block).to(memory_format=torch.channels_last)
     x = images().contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
@@ -209,15 +218,16 @@ def test_gflops_positive_and_quadratic_in_image_side(name):
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
-def test_gflops_is_two_flops_per_conv_mac(name):
-    model = tiny(name)
+@pytest.mark.parametrize(("block", "bottleneck"), [("plain", 1), ("residual", 2), ("separable", 1)])
+def test_gflops_is_two_flops_per_conv_mac(name, block, bottleneck):
+    model = tiny(name, block=block, bottleneck=bottleneck)
     macs = []
 
     def count(module, args, out):
         (x,) = args
         if isinstance(module, torch.nn.ConvTranspose2d):  # each input pixel feeds a k*k patch
             macs.append(x.numel() * module.out_channels * module.weight[0, 0].numel())
-        else:  # each output pixel sums a k*k*in_channels window
+        else:  # each output pixel sums a k*k*(in_channels/groups) window
             macs.append(out.numel() * module.weight[0].numel())
 
     convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
@@ -241,3 +251,161 @@ def test_default_widths_are_shared():
         for name in ARCHITECTURES
     }
     assert widths == dict.fromkeys(ARCHITECTURES, [64, 128, 256, 512])
+
+
+# ---------------------------------------------------------------------------- block variants
+VARIANTS = [(block, bottleneck) for block in BLOCKS for bottleneck in (1, 4)]
+
+
+def bn_params(ch: int) -> int:
+    return 2 * ch  # BatchNorm weight and bias
+
+
+def block_params(block: str, bottleneck: int, i: int, o: int) -> int:
+    """Closed-form parameter count of ``conv_block(i, o)``: bias-free convs, each with BatchNorm."""
+
+    def conv3x3(a: int, b: int) -> int:
+        return (9 * a + a * b if block == "separable" else 9 * a * b) + bn_params(b)
+
+    if bottleneck == 1:
+        body = conv3x3(i, o) + conv3x3(o, o)
+    else:
+        m = o // bottleneck
+        body = i * m + bn_params(m) + conv3x3(m, m) + m * o + bn_params(o)
+    projection = i * o + bn_params(o) if block == "residual" and i != o else 0
+    return body + projection
+
+
+def test_block_names_match_the_config():
+    assert get_args(ArchParams.model_fields["block"].annotation) == BLOCKS
+    assert (ArchParams().block, ArchParams().bottleneck) == ("plain", 1)
+
+
+def test_plain_block_is_unchanged():
+    """Same modules and state_dict keys as two conv_bn_relu: old checkpoints still load."""
+    block = conv_block(8, 16)
+    reference = torch.nn.Sequential(conv_bn_relu(8, 16), conv_bn_relu(16, 16))
+    assert list(block.state_dict()) == list(reference.state_dict())
+    assert repr(block) == repr(reference)
+    block.load_state_dict(reference.state_dict())  # strict
+
+
+@pytest.mark.parametrize(("block", "bottleneck"), VARIANTS)
+@pytest.mark.parametrize(("in_ch", "out_ch"), [(8, 16), (16, 16), (32, 16)])
+def test_block_parameter_count(block, bottleneck, in_ch, out_ch):
+    module = conv_block(in_ch, out_ch, block=block, bottleneck=bottleneck)
+    assert count_params(module) == block_params(block, bottleneck, in_ch, out_ch)
+
+
+@pytest.mark.parametrize(("block", "bottleneck"), VARIANTS)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_block_shape_backward_and_stride(block, bottleneck, stride):
+    module = conv_block(8, 16, stride=stride, block=block, bottleneck=bottleneck)
+    x = torch.randn(2, 8, 12, 12, requires_grad=True)
+    out = module(x)
+    assert out.shape == (2, 16, 12 // stride, 12 // stride)
+    out.square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert all(p.grad is not None for p in module.parameters())
+    # The stride goes to the one 3x3 conv (depthwise for separable), and to a projection's 1x1.
+    strided = [m for m in module.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
+    k3 = [m for m in strided if m.kernel_size == (3, 3)]
+    if stride == 1:
+        assert not strided
+    else:
+        assert len(k3) == 1
+        assert k3[0].groups == (k3[0].in_channels if block == "separable" else 1)
+        assert len(strided) == 1 + (block == "residual")
+
+
+@pytest.mark.parametrize("bottleneck", [1, 4])
+def test_residual_shortcut_is_identity_where_shapes_allow(bottleneck):
+    same = conv_block(16, 16, block="residual", bottleneck=bottleneck)
+    (residual,) = same
+    assert isinstance(residual, Residual) and isinstance(residual.shortcut, nn.Identity)
+    # A body that outputs zeros (last BatchNorm scaled to 0) leaves relu(x): the identity added.
+    last_bn = residual.body[-1][-1]
+    assert isinstance(last_bn, nn.BatchNorm2d)
+    with torch.no_grad():
+        last_bn.weight.zero_()
+    x = torch.randn(2, 16, 8, 8)
+    assert torch.equal(same(x), torch.relu(x))
+    for kwargs in ({"in_ch": 8, "out_ch": 16}, {"in_ch": 16, "out_ch": 16, "stride": 2}):
+        (projected,) = conv_block(**kwargs, block="residual", bottleneck=bottleneck)
+        assert isinstance(projected.shortcut[0], nn.Conv2d)
+        assert projected.shortcut[0].kernel_size == (1, 1)
+
+
+@pytest.mark.parametrize(("name", "identities"), [("strided", 3), ("unpool", 3), ("unet", 0)])
+def test_residual_models_use_identity_shortcuts_in_same_shape_stages(name, identities):
+    model = tiny(name, block="residual")  # depth 3: three decoder stages keep their width
+    shortcuts = [m.shortcut for m in model.modules() if isinstance(m, Residual)]
+    assert len(shortcuts) == 1 + 2 * TINY["depth"]  # stem, down, dec
+    assert sum(isinstance(s, nn.Identity) for s in shortcuts) == identities
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize(("block", "bottleneck"), VARIANTS)
+def test_block_variant_output_shape_and_backward(name, block, bottleneck):
+    model = tiny(name, block=block, bottleneck=bottleneck)
+    out = model(images())
+    assert out.shape == (2, 3, SIZE, SIZE)
+    varied(out).logsumexp(dim=1).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize("bottleneck", [1, 4])
+def test_separable_is_cheapest_and_residual_costliest_at_equal_widths(name, bottleneck):
+    models = {b: tiny(name, block=b, bottleneck=bottleneck) for b in BLOCKS}
+    params = {b: count_params(m) for b, m in models.items()}
+    flops = {b: gflops_per_image(m, SIZE) for b, m in models.items()}
+    assert params["separable"] < params["plain"] < params["residual"]
+    assert flops["separable"] < flops["plain"] < flops["residual"]
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize("block", BLOCKS)
+def test_bottleneck_reduces_params_and_flops(name, block):
+    full, reduced = tiny(name, block=block), tiny(name, block=block, bottleneck=4)
+    assert count_params(reduced) < count_params(full)
+    assert gflops_per_image(reduced, SIZE) < gflops_per_image(full, SIZE)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_block_params_reach_the_model_from_params_yaml_values(name):
+    params = config.validate(
+        {"models": {name: {**TINY, "block": "separable", "bottleneck": 2}}}
+    ).models
+    model = build_model(name, params)
+    depthwise = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert depthwise and all(m.groups == m.in_channels == m.out_channels for m in depthwise)
+    # bottleneck 2: the stem's 3x3 runs at half of base_width
+    assert depthwise[0].in_channels == TINY["base_width"] // 2
+    default = build_model(name, config.validate({"models": {name: TINY}}).models)
+    assert not any(m.groups > 1 for m in default.modules() if isinstance(m, nn.Conv2d))
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize(
+    ("key", "value", "needle"),
+    [
+        ("block", "dense", "Input should be 'plain', 'residual' or 'separable'"),
+        ("bottleneck", 0, "greater than or equal to 1"),
+        ("bottleneck", 1.5, "valid integer"),
+    ],
+)
+def test_bad_block_params_name_the_key(name, key, value, needle):
+    with pytest.raises(ParamsError) as exc:
+        config.validate({"models": {name: {key: value}}})
+    assert f"models.{name}.{key} = {value!r}" in str(exc.value)
+    assert needle in str(exc.value)
+
+
+def test_conv_block_rejects_bad_values_when_built_directly():
+    with pytest.raises(ValueError, match="plain, residual, separable; got 'dense'"):
+        conv_block(8, 8, block="dense")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="bottleneck must be >= 1"):
+        conv_block(8, 8, bottleneck=0)

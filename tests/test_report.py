@@ -20,7 +20,14 @@ from PIL import Image
 from petseg import CLASSES
 from petseg.config import DataParams, ModelsParams, PreprocessParams, TrainParams
 from petseg.errors import DataError
-from petseg.report import LEGEND, ReportPaths, build_report, discussion
+from petseg.report import (
+    LEGEND,
+    ReportPaths,
+    build_report,
+    discussion,
+    load_inputs,
+    setup_rows,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -436,6 +443,17 @@ def test_setup_reports_data_and_recipe(strided_report):
     assert "64×64 px" in setup and "3 epochs, batch 32" in setup
     assert "x86_64 CPU, 2 cores" in setup and "2 CPU threads" in setup
     assert "80 train, 14 val, 12 test" in html
+
+
+def test_setup_names_each_architectures_block(strided_report):
+    paths, _, markdown = strided_report
+    default = "depth 4, base width 32, dropout 0, plain blocks"
+    assert f"all architectures: {default}" in markdown_section(markdown, "Setup")
+    models = ModelsParams.model_validate({"unet": {"block": "residual", "bottleneck": 4}})
+    rows = dict(setup_rows(load_inputs(paths), **{**PARAMS, "models": models}))
+    row = rows["Models"]
+    assert f"strided: {default}" in row
+    assert "unet: depth 4, base width 32, dropout 0, residual blocks with 4× bottleneck" in row
 
 
 # ------------------------------------------------------------------------ regularization

@@ -183,6 +183,20 @@ class ArchParams(_Section):
     dropout: float = Field(
         default=0.0, ge=0.0, lt=1.0, description="Dropout2d rate in the bottleneck and decoder"
     )
+    block: Literal["plain", "residual", "separable"] = Field(
+        default="plain",
+        description="Conv block of every encoder/decoder stage: plain = two 3x3 conv-BN-ReLU; "
+        "residual = the same plus a shortcut, added before the last ReLU (1x1 conv projection "
+        "where channels or resolution change); separable = each 3x3 conv is a depthwise 3x3 + a "
+        "pointwise 1x1 (Xception / MobileNet)",
+    )
+    bottleneck: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Width reduction inside each block; 1 = off; b > 1 = ResNet bottleneck: "
+        "1x1 conv down to channels // b, one 3x3 (separable if block is), 1x1 conv back up",
+    )
 
 
 class UnpoolParams(ArchParams):

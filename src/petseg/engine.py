@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from petseg.config import AugmentParams
-from petseg.data.augment import augment_batch, normalize, to_float
+from petseg.data.augment import make_batch
 from petseg.errors import PetsegError
 from petseg.metrics import confusion_matrix
 
@@ -49,14 +49,8 @@ class Feed:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 (N,H,W,3) / (N,H,W) rows ``idx`` → normalised float images and int64 masks."""
         x = images[idx].to(self.device, non_blocking=True)
-        y = masks[idx].to(self.device, non_blocking=True).long()
-        x = to_float(x)
-        if self.augment is not None and generator is not None:
-            x, y = augment_batch(x, y, self.augment, generator)
-        x = normalize(x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y
+        y = masks[idx].to(self.device, non_blocking=True)
+        return make_batch(x, y, self.augment, generator, self.channels_last)
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:

@@ -758,10 +758,10 @@ def setup_rows(
         shares = ", ".join(f"{c} {freq[c]:.1%}" for c in CLASSES if c in freq)
         rows.append(("Test pixels per class", shares))
     arch_text = {
-        a: f"depth {getattr(models, a).depth}, base width {getattr(models, a).base_width}, "
-        f"dropout {getattr(models, a).dropout:g}"
+        a: f"depth {m.depth}, base width {m.base_width}, dropout {m.dropout:g}, {m.block} blocks"
+        + (f" with {m.bottleneck}× bottleneck" if m.bottleneck > 1 else "")
         for a in inputs.archs
-        if hasattr(models, a)
+        if (m := getattr(models, a, None)) is not None
     }
     hardware = {a: _hardware(t) for a, t in inputs.train.items()}
     weights = train.class_weights or "equal"

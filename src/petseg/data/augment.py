@@ -6,12 +6,17 @@ finally centres it with :func:`normalize`::
 
     x = normalize(augment_batch(to_float(images_u8), masks, params, generator)[0])
 
+Training itself calls :func:`make_batch`, which computes exactly that in fewer passes over the
+batch (colour, clamp and normalisation fused into one matrix product); the step-by-step functions
+stay as the readable reference and are tested against it.
+
 Why batched rather than per-sample PIL transforms: a per-sample pipeline pays Python and PIL
 overhead per image and per transform; here every geometric part (flip, zoom, rotation, shift) is
 folded into one 2x3 affine matrix per sample, so the whole batch is warped by a single
 ``grid_sample`` for the images and a single one for the masks, and colour jitter is a single
-batched 3x3 matrix product. With everything on, a batch of 32 at 128 px takes about 7.5 ms on 2
-idle CPU cores (torch 2.14), against seconds for the training step it feeds.
+batched 3x3 matrix product. With everything on, :func:`make_batch` turns 32 uint8 images of 128 px
+into a normalised augmented batch in about 8 ms on one CPU core (torch 2.14), against seconds for
+the training step it feeds.
 
 Randomness: every random number comes from the ``generator`` argument, which must be a CPU
 ``torch.Generator``; the same generator state gives the same output. The small per-sample
@@ -168,6 +173,23 @@ def _affine_theta(draws: dict[str, torch.Tensor], h: int, w: int) -> torch.Tenso
     return theta
 
 
+def _affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``F.affine_grid(theta, (N, C, h, w), align_corners=False)``, computed separably.
+
+    Each grid coordinate is ``a * x + b * y + c``: a row term plus a column term per sample,
+    broadcast-added straight into the output; about 7x cheaper on CPU than affine_grid's
+    (N, h*w, 3) x (3, 2) batched product (equal up to float rounding, ~1e-7).
+    """
+    kw = {"dtype": theta.dtype, "device": theta.device}
+    xs = (torch.arange(w, **kw) * 2 + 1) / w - 1  # pixel centres in [-1, 1]
+    ys = (torch.arange(h, **kw) * 2 + 1) / h - 1
+    grid = torch.empty(theta.shape[0], h, w, 2, **kw)
+    for k in range(2):
+        rows = theta[:, k, 1, None] * ys + theta[:, k, 2, None]  # (N, h)
+        torch.add(rows[:, :, None], theta[:, k, 0, None, None] * xs, out=grid[..., k])
+    return grid
+
+
 def _warp(
     images: torch.Tensor, masks: torch.Tensor, theta: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,7 +201,7 @@ def _warp(
     Reflection fills the corners with mirrored real content, and because image and mask are
     mirrored identically, every filled pixel still carries its own label.
     """
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    grid = _affine_grid(theta, images.shape[-2], images.shape[-1])
     images = F.grid_sample(
         images, grid, mode="bilinear", padding_mode="reflection", align_corners=False
     )
@@ -200,9 +222,23 @@ def _color_jitter(
     """Brightness, then contrast, then saturation (torchvision's definitions), as one matrix.
 
     Each step is affine in the RGB vector of a pixel, so the three fold into out = M x + o with a
-    per-sample 3x3 M and offset o, applied by one batched matmul and one clamp. The only
-    difference from torchvision's sequential ops is that clamping to [0, 1] happens once at the
-    end instead of after every step.
+    per-sample 3x3 M and offset o (:func:`_color_affine`), applied by one batched matmul and one
+    clamp. The only difference from torchvision's sequential ops is that clamping to [0, 1]
+    happens once at the end instead of after every step.
+    """
+    n = images.shape[0]
+    matrix, offset = _color_affine(images, brightness, contrast, sat)
+    out = torch.baddbmm(offset.view(n, 3, 1), matrix, images.reshape(n, 3, -1))
+    return out.view(images.shape).clamp_(0.0, 1.0)
+
+
+def _color_affine(
+    images: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, sat: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (N, 3, 3) matrix M and (N, 3) offset o of the colour jitter: out = M x + o.
+
+    ``images`` (N, 3, H, W) in any value scale: the contrast offset is proportional to the mean
+    grey level, so it scales with the input.
     """
     n, dev, dt = images.shape[0], images.device, images.dtype
     gray = torch.tensor(GRAY, dtype=torch.float64)
@@ -216,5 +252,86 @@ def _color_jitter(
     mean_gray = images.mean(dim=(2, 3)) @ gray.to(dev, dt)  # (N,)
     scale = ((1.0 - contrast) * brightness).view(n, 1) * sat_m.sum(dim=2)  # (N, 3)
     offset = scale.to(dev, dt) * mean_gray.view(n, 1)
-    out = torch.baddbmm(offset.view(n, 3, 1), matrix, images.reshape(n, 3, -1))
-    return out.view(images.shape).clamp_(0.0, 1.0)
+    return matrix, offset
+
+
+def make_batch(
+    images_u8: torch.Tensor,
+    masks: torch.Tensor,
+    params: AugmentParams | None,
+    generator: torch.Generator | None,
+    channels_last: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (N, H, W, 3) images + label masks -> the network's input: augmented and normalised.
+
+    Equals ``normalize(augment_batch(to_float(images_u8), masks, params, generator))`` (up to
+    float rounding; same draws, same masks) with no augmentation when ``params`` or
+    ``generator`` is None, but in fewer passes over the batch, which matters on a CPU where
+    feeding competes with training for the same cores:
+
+    - the geometric warp runs on a contiguous NCHW copy (grid_sample is ~1.4x slower on
+      channels_last input) of the 0..255 values (the 1/255 is folded into the next step);
+    - colour jitter, the clamp to [0, 1] and :func:`normalize` are one per-sample affine map
+      (one batched matmul) and one clamp per channel (normalising is affine, so the clamp's
+      bounds move through it);
+    - the output is written in the requested memory format by one final copy;
+    - without warp or colour, normalising is elementwise on the NHWC values (already the
+      channels_last layout), with no copy but the float conversion.
+
+    Returns float32 images (channels_last if asked) and int64 masks.
+    """
+    if images_u8.dtype != torch.uint8 or images_u8.ndim != 4 or images_u8.shape[-1] != 3:
+        raise ValueError(
+            f"expected uint8 images of shape (N, H, W, 3), got {images_u8.dtype} "
+            f"{tuple(images_u8.shape)}"
+        )
+    n, h, w, _ = images_u8.shape
+    if masks.shape != (n, h, w) or masks.is_floating_point():
+        raise ValueError(
+            f"masks must be integer labels of shape {(n, h, w)}, got {masks.dtype} "
+            f"{tuple(masks.shape)}"
+        )
+    augment = params is not None and params.enabled and generator is not None
+    masks = masks.long()
+    if augment and generator.device.type != "cpu":
+        raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
+    draws = _draw(n, params, generator) if augment else None
+    warp = augment and (params.scale > 0 or params.rotate > 0)
+    color = augment and params.color > 0
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    scale = [1.0 / (255.0 * s) for s in STD]  # per channel: normalize(x / 255) = x * a + b
+    bias = [-m / s for m, s in zip(MEAN, STD, strict=True)]
+
+    if not (warp or color):  # at most a flip: elementwise on the NHWC bytes, no matmul
+        x = images_u8.float()
+        if augment and params.hflip:
+            flip = draws["flip"].to(x.device)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(2), x)
+            masks = torch.where(flip.view(-1, 1, 1), masks.flip(-1), masks)
+        x = x.mul_(x.new_tensor(scale)).add_(x.new_tensor(bias)).permute(0, 3, 1, 2)
+        return x.contiguous(memory_format=fmt), masks
+
+    x = images_u8.permute(0, 3, 1, 2).contiguous().float()  # NCHW: grid_sample's fast layout
+    if warp:
+        theta = _affine_theta(draws, h, w)
+        x, masks = _warp(x, masks, theta.to(x.device, x.dtype))
+    elif params.hflip:
+        flip = draws["flip"].to(x.device)
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        masks = torch.where(flip.view(-1, 1, 1), masks.flip(-1), masks)
+    a = x.new_tensor(scale)
+    b = x.new_tensor(bias)
+    if color:
+        matrix, offset = _color_affine(
+            x, draws["brightness"], draws["contrast"], draws["saturation"]
+        )
+        # normalize(clamp(M x / 255 + o / 255, 0, 1)) = clamp(a M x + a o + b, lo_c, hi_c)
+        matrix, offset = matrix * a.view(1, 3, 1), offset * a + b
+    else:
+        matrix, offset = torch.diag(a).expand(n, 3, 3), b.expand(n, 3)
+    flat = torch.baddbmm(offset.view(n, 3, 1), matrix, x.reshape(n, 3, -1))
+    if color:  # per-channel bounds of [0, 1] after normalising; scalar clamps are fast
+        for c, (m, s) in enumerate(zip(MEAN, STD, strict=True)):
+            flat[:, c].clamp_(-m / s, (1 - m) / s)
+    out = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=fmt)
+    return out.copy_(flat.view(x.shape)), masks

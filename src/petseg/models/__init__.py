@@ -1,8 +1,9 @@
 """The three segmentation networks compared, and the registry that builds them from params.
 
 Every model maps (N, 3, H, W) images to (N, num_classes, H, W) logits, with H and W multiples of
-2**depth. At equal ``depth`` and ``base_width`` they share the channel widths of every level and the
-conv blocks (:mod:`petseg.models.blocks`), and differ only in what the comparison is about:
+2**depth. At equal ``depth`` and ``base_width`` they share the channel widths of every level, and
+at equal ``block`` and ``bottleneck`` the conv blocks (:mod:`petseg.models.blocks`), so they differ
+only in what the comparison is about:
 
 ``strided``  stride-2 convs down, transposed convs up, no skips    (learned resampling)
 ``unpool``   max-pool down, max-unpool with the pooling indices up  (index-guided upsampling)

@@ -4,14 +4,24 @@ Every convolutional stage of every model is made by :func:`conv_block`, so the n
 in how they change resolution (strided conv vs pooling, transposed conv vs unpooling) and in whether
 the decoder sees encoder features (skips). That is the comparison; the blocks are held equal.
 
-Extension point: a ``block: plain | residual | separable`` option per architecture would dispatch on
-a name inside :func:`conv_block` (the architectures only ever call it with ``in_ch, out_ch, stride,
-dropout``), so no architecture module has to change.
+Which block, per architecture (``models.<arch>.block`` and ``models.<arch>.bottleneck``):
+
+``plain``      two 3x3 conv-BN-ReLU (the default; what the comparison was built with)
+``residual``   the same convs, the second without its ReLU, plus a shortcut (identity, or a 1x1
+               conv-BN projection where channels or resolution change), ReLU after the add (ResNet)
+``separable``  every 3x3 conv becomes a depthwise 3x3 (one filter per channel) followed by a
+               pointwise 1x1, then BN-ReLU (Xception's separable conv; MobileNet's building block)
+
+``bottleneck = b > 1`` replaces the two 3x3 convs of any block by ResNet's bottleneck: a 1x1
+conv-BN-ReLU down to ``out_ch // b`` channels, one 3x3 (separable for ``separable``) at that width,
+a 1x1 conv-BN(-ReLU) back up to ``out_ch``. (This is the block's internal width reduction, not the
+network's lowest level, which the architecture modules also call the bottleneck.) Whatever the
+block, a stride of 2 goes to its (first) 3x3 convolution, as in ResNet v1.5.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import nn
@@ -19,6 +29,9 @@ from torch import nn
 MAX_WIDTH = 512
 """Channel cap: ``base_width * 2**level`` stops growing here (depth 6 at base 32 would reach 2048
 channels and ~4x the parameters for little gain at 128-px inputs)."""
+
+Block = Literal["plain", "residual", "separable"]
+BLOCKS: tuple[str, ...] = get_args(Block)
 
 
 def level_widths(base_width: int, depth: int) -> tuple[int, ...]:
@@ -28,23 +41,97 @@ def level_widths(base_width: int, depth: int) -> tuple[int, ...]:
     )
 
 
+def conv_bn(
+    in_ch: int,
+    out_ch: int,
+    *,
+    kernel_size: int = 3,
+    stride: int = 1,
+    separable: bool = False,
+    relu: bool = True,
+) -> nn.Sequential:
+    """Conv (no bias: BatchNorm's shift replaces it), BatchNorm, ReLU if ``relu``; 'same' padding.
+
+    ``separable``: a depthwise conv (``groups=in_ch``, it carries the stride) then a pointwise 1x1,
+    with no BatchNorm or ReLU between them (Xception found none works best, and it saves memory).
+    """
+    pad = kernel_size // 2
+    if separable:
+        convs = [
+            nn.Conv2d(in_ch, in_ch, kernel_size, stride, pad, groups=in_ch, bias=False),
+            nn.Conv2d(in_ch, out_ch, 1, bias=False),
+        ]
+    else:
+        convs = [nn.Conv2d(in_ch, out_ch, kernel_size, stride, pad, bias=False)]
+    layers = [*convs, nn.BatchNorm2d(out_ch)]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
 def conv_bn_relu(
     in_ch: int, out_ch: int, *, kernel_size: int = 3, stride: int = 1
 ) -> nn.Sequential:
     """Conv (no bias: BatchNorm's shift replaces it), BatchNorm, ReLU; 'same' padding."""
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_ch),
-        nn.ReLU(inplace=True),
-    )
+    return conv_bn(in_ch, out_ch, kernel_size=kernel_size, stride=stride)
 
 
-def conv_block(in_ch: int, out_ch: int, *, stride: int = 1, dropout: float = 0.0) -> nn.Sequential:
-    """The one stage every architecture uses: two 3x3 conv-BN-ReLU, then Dropout2d if dropout > 0.
+class Residual(nn.Module):
+    """``relu(body(x) + shortcut(x))``: the shortcut is the identity where ``body`` keeps the shape,
+    else a 1x1 conv-BN projection with the body's stride (ResNet's option B)."""
 
-    ``stride=2`` makes the first convolution downsample (the strided encoder's only way down).
+    def __init__(self, body: nn.Sequential, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.body = body
+        self.shortcut = (
+            nn.Identity()
+            if in_ch == out_ch and stride == 1
+            else conv_bn(in_ch, out_ch, kernel_size=1, stride=stride, relu=False)
+        )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        out += self.shortcut(x)  # in place: BatchNorm's backward does not need its output
+        return self.relu(out)
+
+
+def conv_block(
+    in_ch: int,
+    out_ch: int,
+    *,
+    stride: int = 1,
+    dropout: float = 0.0,
+    block: Block = "plain",
+    bottleneck: int = 1,
+) -> nn.Sequential:
+    """The one stage every architecture uses: ``block`` convs (module docstring), then Dropout2d if
+    dropout > 0.
+
+    ``stride=2`` makes the block downsample (the strided encoder's only way down). The default
+    ``plain`` block without bottleneck is two 3x3 conv-BN-ReLU, module for module as it always was.
     """
-    layers = [conv_bn_relu(in_ch, out_ch, stride=stride), conv_bn_relu(out_ch, out_ch)]
+    if block not in BLOCKS:
+        raise ValueError(f"block must be one of {', '.join(BLOCKS)}; got {block!r}")
+    if bottleneck < 1:
+        raise ValueError(f"bottleneck must be >= 1 (1 = off), got {bottleneck!r}")
+    separable = block == "separable"
+    last_relu = block != "residual"  # a residual block's ReLU comes after the add
+    if bottleneck == 1:
+        body = [
+            conv_bn(in_ch, out_ch, stride=stride, separable=separable),
+            conv_bn(out_ch, out_ch, separable=separable, relu=last_relu),
+        ]
+    else:
+        mid = max(1, out_ch // bottleneck)
+        body = [
+            conv_bn(in_ch, mid, kernel_size=1),
+            conv_bn(mid, mid, stride=stride, separable=separable),
+            conv_bn(mid, out_ch, kernel_size=1, relu=last_relu),
+        ]
+    layers: list[nn.Module] = (
+        [Residual(nn.Sequential(*body), in_ch, out_ch, stride)] if block == "residual" else body
+    )
     if dropout > 0:
         layers.append(nn.Dropout2d(dropout))
     return nn.Sequential(*layers)

@@ -11,10 +11,12 @@ upsampling; against ``unet`` it shows what skip connections add.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
-from petseg.models.blocks import SegmentationModel, conv_block, level_widths, up_conv
+from petseg.models.blocks import Block, SegmentationModel, conv_block, level_widths, up_conv
 
 
 class StridedNet(SegmentationModel):
@@ -28,19 +30,22 @@ class StridedNet(SegmentationModel):
         depth: int = 4,
         base_width: int = 32,
         dropout: float = 0.0,
+        block: Block = "plain",
+        bottleneck: int = 1,
     ) -> None:
         super().__init__(in_channels=in_channels, depth=depth)
         w = level_widths(base_width, depth)
-        self.stem = conv_block(in_channels, w[0])
+        stage = partial(conv_block, block=block, bottleneck=bottleneck)  # every conv stage
+        self.stem = stage(in_channels, w[0])
         # down[i] goes from level i to i+1; the last one is the bottleneck (dropout there).
         self.down = nn.ModuleList(
-            conv_block(w[i], w[i + 1], stride=2, dropout=dropout if i + 1 == depth else 0.0)
+            stage(w[i], w[i + 1], stride=2, dropout=dropout if i + 1 == depth else 0.0)
             for i in range(depth)
         )
         # up/dec are ordered deepest first: up[j] goes from level depth-j to depth-j-1.
         levels = range(depth - 1, -1, -1)
         self.up = nn.ModuleList(up_conv(w[i + 1], w[i]) for i in levels)
-        self.dec = nn.ModuleList(conv_block(w[i], w[i], dropout=dropout) for i in levels)
+        self.dec = nn.ModuleList(stage(w[i], w[i], dropout=dropout) for i in levels)
         self.head = nn.Conv2d(w[0], num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

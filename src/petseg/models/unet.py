@@ -13,10 +13,12 @@ maximum was; U-Net passes the full high-resolution features, which should mostly
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
-from petseg.models.blocks import SegmentationModel, conv_block, level_widths, up_conv
+from petseg.models.blocks import Block, SegmentationModel, conv_block, level_widths, up_conv
 
 
 class UNet(SegmentationModel):
@@ -30,20 +32,22 @@ class UNet(SegmentationModel):
         depth: int = 4,
         base_width: int = 32,
         dropout: float = 0.0,
+        block: Block = "plain",
+        bottleneck: int = 1,
     ) -> None:
         super().__init__(in_channels=in_channels, depth=depth)
         w = level_widths(base_width, depth)
-        self.stem = conv_block(in_channels, w[0])
+        stage = partial(conv_block, block=block, bottleneck=bottleneck)  # every conv stage
+        self.stem = stage(in_channels, w[0])
         self.pool = nn.MaxPool2d(2)
         # down[i] goes from level i to i+1; the last one is the bottleneck (dropout there).
         self.down = nn.ModuleList(
-            conv_block(w[i], w[i + 1], dropout=dropout if i + 1 == depth else 0.0)
-            for i in range(depth)
+            stage(w[i], w[i + 1], dropout=dropout if i + 1 == depth else 0.0) for i in range(depth)
         )
         # up/dec are ordered deepest first; dec[j] takes [upsampled, skip] concatenated.
         levels = range(depth - 1, -1, -1)
         self.up = nn.ModuleList(up_conv(w[i + 1], w[i]) for i in levels)
-        self.dec = nn.ModuleList(conv_block(2 * w[i], w[i], dropout=dropout) for i in levels)
+        self.dec = nn.ModuleList(stage(2 * w[i], w[i], dropout=dropout) for i in levels)
         self.head = nn.Conv2d(w[0], num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

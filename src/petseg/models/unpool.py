@@ -21,13 +21,14 @@ a contiguous (NCHW) tensor, which the following convolution converts back to cha
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from petseg.models.blocks import SegmentationModel, conv_block, conv_bn_relu, level_widths
+from petseg.models.blocks import Block, SegmentationModel, conv_block, conv_bn_relu, level_widths
 
 
 def max_unpool2x2(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -57,6 +58,8 @@ class UnpoolNet(SegmentationModel):
         depth: int = 4,
         base_width: int = 32,
         dropout: float = 0.0,
+        block: Block = "plain",
+        bottleneck: int = 1,
         upsample: Literal["indices", "nearest"] = "indices",
     ) -> None:
         super().__init__(in_channels=in_channels, depth=depth)
@@ -64,18 +67,18 @@ class UnpoolNet(SegmentationModel):
             raise ValueError(f"upsample must be 'indices' or 'nearest', got {upsample!r}")
         self.upsample = upsample
         w = level_widths(base_width, depth)
-        self.stem = conv_block(in_channels, w[0])
+        stage = partial(conv_block, block=block, bottleneck=bottleneck)  # every conv stage
+        self.stem = stage(in_channels, w[0])
         self.pool = nn.MaxPool2d(2, return_indices=True)
         # down[i] goes from level i to i+1; the last one is the bottleneck (dropout there).
         self.down = nn.ModuleList(
-            conv_block(w[i], w[i + 1], dropout=dropout if i + 1 == depth else 0.0)
-            for i in range(depth)
+            stage(w[i], w[i + 1], dropout=dropout if i + 1 == depth else 0.0) for i in range(depth)
         )
         # project/dec are ordered deepest first: project[j] maps level depth-j's channels to those
         # of the indices it is unpooled with (the pooled features of level depth-j-1).
         levels = range(depth - 1, -1, -1)
         self.project = nn.ModuleList(conv_bn_relu(w[i + 1], w[i], kernel_size=1) for i in levels)
-        self.dec = nn.ModuleList(conv_block(w[i], w[i], dropout=dropout) for i in levels)
+        self.dec = nn.ModuleList(stage(w[i], w[i], dropout=dropout) for i in levels)
         self.head = nn.Conv2d(w[0], num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
