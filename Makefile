@@ -6,14 +6,31 @@ STAMP  := $(VENV)/.installed
 # Stages in dvc.yaml call `python`: make sure it is the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install demo repro test lint format ui params-real clean
+.PHONY: install vega-js demo repro plots test lint format ui params-real clean
 
-install: $(STAMP)
+install: $(STAMP) vega-js
 
 # Rebuilt when the pinned dependencies change.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# Vega, Vega-Lite and vega-embed for `make plots`: DVC's plots page loads them from a CDN, which an
+# offline machine can't reach. Pinned to the majors DVC's templates are written for; `npm pack`
+# fetches only the three tarballs (no dependency tree) and checks them against the registry's hash.
+VEGA_JS    := build/vega-js
+VEGA_PKGS  := vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0
+PLOTS_OUT  := dvc_plots
+
+vega-js: $(VEGA_JS)/.fetched
+
+$(VEGA_JS)/.fetched: Makefile
+	rm -rf $(VEGA_JS) && mkdir -p $(VEGA_JS)
+	cd $(VEGA_JS) && npm pack --silent $(VEGA_PKGS) >/dev/null && \
+	for pkg in $(VEGA_PKGS); do \
+		name=$${pkg%@*}; tar -xzf $$name-$${pkg#*@}.tgz -O package/build/$$name.min.js > $$name.min.js; \
+	done && rm -f *.tgz
 	touch $@
 
 ## Offline demo: switch params.yaml to the synthetic preset, run every stage, point at the report.
@@ -26,6 +43,13 @@ demo: install
 ## Whatever params.yaml says now (real data by default).
 repro: install
 	dvc repro
+
+## The DVC plots as a page that works offline: .dvc/plots/offline.html loads the scripts from js/.
+plots: install
+	rm -rf $(PLOTS_OUT)
+	dvc plots show --html-template .dvc/plots/offline.html -o $(PLOTS_OUT)
+	mkdir -p $(PLOTS_OUT)/js && cp $(VEGA_JS)/*.min.js $(PLOTS_OUT)/js/
+	@echo "plots: $(CURDIR)/$(PLOTS_OUT)/index.html"
 
 test: install lint
 	pytest
@@ -45,4 +69,4 @@ params-real:
 	git checkout -- params.yaml
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(VEGA_JS) $(PLOTS_OUT)

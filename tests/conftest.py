@@ -1,10 +1,12 @@
-"""Shared fixtures. Real Oxford-IIIT Pet files are read in place from ../shared/data."""
+"""Shared fixtures. Real Oxford-IIIT Pet files are read in place from ../shared/data; pages are
+opened in headless Chromium."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from browser import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -29,3 +31,10 @@ def pets_sample() -> Path:
 def pets_quirks() -> Path:
     """Two real oddities: Abyssinian_34.jpg is a GIF, Abyssinian_5.jpg an RGBA PNG (read-only)."""
     return _shared("oxford-pets-quirks")
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Headless Debian Chromium driven by Playwright (tests/browser.py); skips without them."""
+    with launch() as browser:
+        yield browser

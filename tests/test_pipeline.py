@@ -1,4 +1,5 @@
-"""The whole DVC pipeline on a copy of the project with a tiny preset: seven stages, then none.
+"""The whole DVC pipeline on a copy of the project with a tiny preset: seven stages, then none;
+then `make plots` on its outputs, and the report and the plots page opened in headless Chromium.
 
 This is what `make demo` does (preset + `dvc repro`), sized to take a minute or two.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from browser import check_page, vega_js
 
 from petseg.preset import apply_preset
 
@@ -85,11 +88,16 @@ def project(tmp_path_factory) -> Path:
     return dest
 
 
+@pytest.fixture(scope="module")
+def first_repro(project) -> subprocess.CompletedProcess:
+    """The one whole-pipeline run; the tests below check what it wrote."""
+    return _run([sys.executable, "-m", "dvc", "repro"], project)
+
+
 @pytest.mark.slow
-def test_repro_runs_every_stage_then_nothing(project):
-    first = _run([sys.executable, "-m", "dvc", "repro"], project)
+def test_repro_runs_every_stage_then_nothing(project, first_repro):
     for stage in STAGES:
-        assert f"Running stage '{stage}'" in first.stdout
+        assert f"Running stage '{stage}'" in first_repro.stdout
     for arch in ("strided", "unpool", "unet"):
         assert (project / f"models/{arch}.pt").exists()
         test = json.loads((project / f"metrics/test/{arch}.json").read_text())
@@ -103,6 +111,39 @@ def test_repro_runs_every_stage_then_nothing(project):
     status = _run([sys.executable, "-m", "dvc", "status"], project)
     assert "up to date" in status.stdout
 
-    # The DVC plots render from the workspace.
-    _run([sys.executable, "-m", "dvc", "plots", "show", "-o", "dvc_plots"], project)
-    assert (project / "dvc_plots/index.html").exists()
+
+@pytest.fixture(scope="module")
+def plots_page(project, first_repro) -> Path:
+    """`make plots` in the copy. `-o install`: the copy has no venv of its own (dvc comes first on
+    PATH from this one) and uses the Vega scripts that `make install` fetched here."""
+    out = _run(["make", "plots", "-o", "install", f"VEGA_JS={vega_js()}"], project)
+    page = project / "dvc_plots/index.html"
+    assert f"plots: {page}" in out.stdout
+    return page
+
+
+@pytest.mark.slow
+def test_make_plots_writes_a_page_with_its_scripts_and_images_beside_it(project, plots_page):
+    html = plots_page.read_text(encoding="utf-8")
+    scripts = re.findall(r"<script[^>]*\bsrc=\"([^\"]+)\"", html)
+    assert scripts == ["js/vega.min.js", "js/vega-lite.min.js", "js/vega-embed.min.js"]
+    assert all((plots_page.parent / src).stat().st_size > 10_000 for src in scripts)
+    images = re.findall(r"<img src=\"([^\"]+)\"", html)
+    predictions = [p.name for p in (project / "plots/predictions").glob("*.png")]
+    assert len(images) == len(predictions)  # DVC copies them into static/ under longer names
+    assert all(any(src.endswith(name) for src in images) for name in predictions)
+    assert all((plots_page.parent / src).is_file() for src in images)
+
+
+@pytest.mark.slow
+def test_report_and_plots_pages_open_in_chromium_without_errors(project, plots_page, chromium):
+    report = project / "report/index.html"
+    checked = check_page(chromium, report)
+    assert checked.problems == []
+    assert checked.images == report.read_text(encoding="utf-8").count("<img ") > 0
+
+    checked = check_page(chromium, plots_page)
+    assert checked.problems == []
+    definitions = yaml.safe_load((project / "dvc.yaml").read_text())["plots"]
+    assert checked.charts == sum(isinstance(d, dict) for d in definitions)  # the rest are images
+    assert checked.images == len(list((project / "plots/predictions").glob("*.png")))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import check_page
 from PIL import Image
 
 from petseg import CLASSES
@@ -411,6 +412,13 @@ def test_html_is_self_contained_and_every_image_is_an_embedded_png(strided_repor
         png = base64.b64decode(src.split(",", 1)[1], validate=True)
         assert png.startswith(PNG_SIGNATURE)
         Image.open(io.BytesIO(png)).verify()
+
+
+def test_html_opens_in_chromium_without_errors_and_every_image_loads(strided_report, chromium):
+    paths, _, _ = strided_report
+    page = check_page(chromium, paths.out / "index.html")
+    assert page.problems == []
+    assert page.images == 5 + 2
 
 
 def test_markdown_figures_are_png_files_beside_it(strided_report):
