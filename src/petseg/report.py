@@ -765,6 +765,8 @@ def setup_rows(
     }
     hardware = {a: _hardware(t) for a, t in inputs.train.items()}
     weights = train.class_weights or "equal"
+    if "precision" in train_metrics:
+        details.append(train_metrics["precision"])
     rows += [
         ("Image size", f"{size}×{size} px; mIoU orig. res. scores each test image at its own size"),
         ("Models", _per_arch(arch_text) + f"; unpool upsampling: {models.unpool.upsample}"),

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from petseg import CLASSES, NUM_CLASSES, tracking
 from petseg.config import ArchParams, ModelsParams, TrackingParams, TrainParams
 from petseg.data.prepared import load_split, read_manifest
-from petseg.engine import Feed, Stopwatch, evaluate, make_loss, train_one_epoch
+from petseg.engine import Feed, Stopwatch, evaluate, make_loss, precision, train_one_epoch
 from petseg.errors import DataError, ParamsError
 from petseg.fileio import atomic_write_bytes, atomic_write_json
 from petseg.metrics import iou_per_class, mean_iou, pixel_accuracy
@@ -395,6 +395,7 @@ def train(
         "device": str(rt.device.type),
         "hardware": _hardware(rt.device),
         "threads": torch.get_num_threads(),
+        "precision": precision(rt.device, p.bf16),
     }
     if rt.world > 1:  # DDP keeps replicas identical; record the evidence
         sums = [0.0] * rt.world
