@@ -21,7 +21,10 @@ def test_committed_params_are_valid_and_complete():
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ({"data": {"sorce": "x"}}, "unknown key data.sorce (allowed here: folder, oxford, source"),
+        (
+            {"data": {"sorce": "x"}},
+            "unknown key data.sorce (allowed here: coco, folder, oxford, source",
+        ),
         ({"bogus": {}}, "unknown key bogus (allowed here: data, evaluate, models, preprocess"),
         ({"data": {"source": "kaggle"}}, "data.source = 'kaggle' is invalid"),
         ({"data": {"synthetic": {"n_test": 0}}}, "data.synthetic.n_test = 0 is invalid"),

@@ -83,11 +83,54 @@ class SyntheticParams(_Section):
         return self
 
 
+class CocoParams(_Section):
+    """Your own labelled data: COCO instance masks converted into the official layout."""
+
+    annotations: str | None = Field(
+        default=None,
+        description="COCO instances JSON (polygons or RLE); required when data.source is 'coco'.",
+    )
+    images: str | None = Field(
+        default=None,
+        description="Folder the file_name entries are relative to; null = the JSON's own folder.",
+    )
+    test_annotations: str | None = Field(
+        default=None,
+        description="A second COCO JSON holding the test split; null = split off test_fraction.",
+    )
+    test_images: str | None = Field(
+        default=None,
+        description="Image folder of test_annotations; null = images, else the test JSON's folder.",
+    )
+    test_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="Share of each pet category held out for test when test_annotations is null.",
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of the test_fraction split.")
+    categories: dict[str, Literal["pet", "background"]] = Field(
+        default_factory=dict,
+        description="COCO category name -> pet (foreground) or background (annotations dropped).",
+    )
+    other_categories: Literal["error", "background"] = Field(
+        default="error",
+        description="Annotated categories absent from categories: stop naming them, or background.",
+    )
+    border_px: int = Field(
+        default=16,
+        ge=0,
+        le=128,
+        description="Total width in pixels of the border band (trimap 3) along each pet outline.",
+    )
+
+
 class DataParams(_Section):
-    source: Literal["oxford-iiit-pet", "synthetic", "folder"] = "oxford-iiit-pet"
+    source: Literal["oxford-iiit-pet", "synthetic", "folder", "coco"] = "oxford-iiit-pet"
     oxford: OxfordParams = OxfordParams()
     folder: FolderParams = FolderParams()
     synthetic: SyntheticParams = SyntheticParams()
+    coco: CocoParams = CocoParams()
 
     @model_validator(mode="after")
     def _source_needs(self) -> DataParams:
@@ -95,6 +138,29 @@ class DataParams(_Section):
             raise _KeyError(
                 "folder.path", None, "a folder path when data.source is 'folder'", prefix="data"
             )
+        if self.source == "coco":
+            coco = self.coco
+            if not coco.annotations:
+                raise _KeyError(
+                    "coco.annotations",
+                    coco.annotations,
+                    "the path of a COCO instances JSON when data.source is 'coco'",
+                    prefix="data",
+                )
+            if "pet" not in coco.categories.values():
+                raise _KeyError(
+                    "coco.categories",
+                    coco.categories,
+                    "at least one COCO category name mapped to pet, e.g. {cat: pet, dog: pet}",
+                    prefix="data",
+                )
+            if coco.test_images and not coco.test_annotations:
+                raise _KeyError(
+                    "coco.test_images",
+                    coco.test_images,
+                    "null while data.coco.test_annotations is null (set both or neither)",
+                    prefix="data",
+                )
         return self
 
 

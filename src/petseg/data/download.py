@@ -14,6 +14,8 @@ Sources (``data.source``):
   outside the output.
 - ``folder``: an already-extracted dataset at ``data.folder.path``, linked or copied.
 - ``synthetic``: the seeded generator in :mod:`petseg.data.synthetic` (offline demo and CI).
+- ``coco``: your own images and COCO instance masks (``data.coco``), converted by
+  :mod:`petseg.data.coco_source`.
 
 ``out_dir`` is written through :func:`petseg.fileio.atomic_dir`: a failure leaves no half-written
 folder behind, which matters because DVC would otherwise happily hash a partial dataset.
@@ -77,8 +79,8 @@ def download(params: DataParams, out_dir: Path, archives_dir: Path, progress: bo
 
     ``archives_dir`` is the download cache of the official archives (kept between runs so that a
     rerun neither downloads again nor loses a partial download; it is not a DVC out). Relative
-    paths, here and in ``data.folder.path`` / ``data.oxford.archives_dir``, are relative to the
-    current working directory: DVC runs stages from the repository root.
+    paths, here and in ``data.folder.path`` / ``data.oxford.archives_dir`` / ``data.coco``, are
+    relative to the current working directory: DVC runs stages from the repository root.
     """
     out_dir, archives_dir = Path(out_dir), Path(archives_dir)
     if params.source == "synthetic":
@@ -92,6 +94,21 @@ def download(params: DataParams, out_dir: Path, archives_dir: Path, progress: bo
         with atomic_dir(out_dir) as tmp:
             n = copy_layout(src, tmp)
         log.info("linked or copied %d files from %s into %s", n, src, out_dir)
+    elif params.source == "coco":
+        from petseg.data.coco_source import convert, plan
+
+        items = plan(params.coco, out_dir)  # every check that needs no image decoded, first
+        with atomic_dir(out_dir) as tmp:
+            convert(items, tmp, params.coco.border_px, progress=progress)
+        n_test = sum(item.split == "test" for item in items)
+        log.info(
+            "converted %d images (%d trainval, %d test) from %s into %s",
+            len(items),
+            len(items) - n_test,
+            n_test,
+            params.coco.annotations,
+            out_dir,
+        )
     else:
         # Both archives are fetched and verified before anything is extracted.
         archives = official_archives(params.oxford, archives_dir, progress)
