@@ -49,6 +49,7 @@ SOURCES = {
     "oxford-iiit-pet": "Oxford-IIIT Pet (official archives)",
     "synthetic": "synthetic pets-like scenes (offline demo data, not photographs)",
     "folder": "Oxford-IIIT Pet layout read from an extracted folder",
+    "coco": "your COCO-annotated images, converted to the Oxford-IIIT Pet layout",
 }
 
 HINT = "run dvc repro evaluate"

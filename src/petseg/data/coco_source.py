@@ -26,7 +26,7 @@ Decisions, and why:
 - Class ids: the categories that name images, numbered 1..K in case-insensitive alphabetical
   order (like the official breed ids); one species (1) and breed id = class id. Nothing downstream
   uses them; the list.txt header says which id is which category.
-- The test split is the second JSON's images, or else :func:`petseg.data.preprocess.split_trainval`
+- The test split is the second JSON's images, or else :func:`petseg.data.split.split_trainval`
   with ``test_fraction`` and ``seed``: the same seeded split per category that preprocess uses for
   validation, so it is deterministic and a category with one image stays in trainval.
 - The border band (:func:`trimap`) imitates the uncertain band of the official trimaps, which the
@@ -56,7 +56,7 @@ from petseg.config import CocoParams
 from petseg.data.coco import decode
 from petseg.data.download import _link_or_copy
 from petseg.data.oxford import _to_rgb, image_path, trimap_path
-from petseg.data.preprocess import split_trainval
+from petseg.data.split import split_trainval
 from petseg.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,6 @@ import mmap
 import multiprocessing as mp
 import os
 import traceback
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from petseg import CLASSES
 from petseg.config import PreprocessParams
 from petseg.data.oxford import SkipFile, breed_of, load_pair, read_list
 from petseg.data.prepared import MANIFEST, SPLITS, save_split
+from petseg.data.split import split_trainval
 from petseg.errors import DataError
 from petseg.fileio import atomic_dir, atomic_write_json
 
@@ -81,25 +81,6 @@ def preprocess(
             save_split(tmp, split, images[rows], masks[rows])
         atomic_write_json(tmp / MANIFEST, manifest)
     return manifest
-
-
-def split_trainval(names: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Split ``names`` into (train, val), stratified by breed; both keep the order of ``names``.
-
-    Per breed of n images, round(val_fraction * n) go to val, at least 1 when n >= 2 and never all
-    of them. Each breed is shuffled by its own generator seeded from (seed, breed), so changing one
-    breed's files does not reshuffle the others.
-    """
-    by_breed: dict[str, list[str]] = {}
-    for name in names:
-        by_breed.setdefault(breed_of(name), []).append(name)
-    val: set[str] = set()
-    for breed, members in by_breed.items():
-        n = len(members)
-        n_val = 0 if n < 2 else min(max(round(val_fraction * n), 1), n - 1)
-        rng = np.random.default_rng([seed, zlib.crc32(breed.encode())])
-        val.update(members[i] for i in rng.permutation(n)[:n_val])
-    return [n for n in names if n not in val], [n for n in names if n in val]
 
 
 def _split_lists(raw_dir: Path, params: PreprocessParams) -> dict[str, list[str]]:
