@@ -17,7 +17,6 @@ from types import MappingProxyType
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from petseg import NUM_CLASSES
 from petseg.config import ModelsParams
@@ -56,6 +55,10 @@ def gflops_per_image(model: SegmentationModel, image_size: int) -> float:
     products are counted; BatchNorm, ReLU, pooling and unpooling are not (they are memory-bound and
     small next to the convolutions).
     """
+    # Imported here: torch's flop counter pulls in the compiler stack (~75 MB resident), which a
+    # training process would otherwise carry through its memory peak.
+    from torch.utils.flop_counter import FlopCounterMode
+
     param = next(model.parameters())
     x = torch.zeros(
         1, model.in_channels, image_size, image_size, device=param.device, dtype=param.dtype
