@@ -10,7 +10,7 @@ only. Targets are printed as PASS/MISS, never asserted. Sections, in the order t
     the work folder; log_model and system metrics off). The run is limited by monkeypatching
     inside the child only: ``petseg.train._epoch_order`` keeps its first ``--mem-steps`` rows and
     ``petseg.train.evaluate`` sees the first ``--mem-val-batches`` validation batches; everything
-    else (both splits loaded into RAM, model, AdamW state, scheduler, checkpoint, MLflow run) is
+    else (train/val rows read per batch, model, AdamW state, scheduler, checkpoint, MLflow run) is
     the real code path. Peak = VmHWM of the child; ru_maxrss is printed too, but Linux carries
     ru_maxrss over fork+exec, so a child of a big parent would report the parent's peak: that
     is why (d) runs first, while this process is small. Target <= 2 GiB.
@@ -79,7 +79,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.flop_counter import FlopCounterMode
 
 from petseg import CLASSES, NUM_CLASSES
 from petseg.config import (
@@ -325,6 +324,8 @@ def epoch_orders(n: int, batch: int, seed: int) -> Iterator[torch.Tensor]:
 def step_flops(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> float:
     """FLOPs of forward + backward of one training step (a copy, so the model is untouched)."""
     m = copy.deepcopy(model)
+    from torch.utils.flop_counter import FlopCounterMode  # lazily: ~75 MB, not in (d)'s child
+
     with FlopCounterMode(display=False) as counter:
         loss_fn(m(x), y).backward()
     return float(counter.get_total_flops())
@@ -700,7 +701,8 @@ def bench_memory(
     print(
         f"\n(d) peak RSS of the real train() in a fresh process: {sum(REAL_SPLIT_SIZES.values())} "
         f"images at {args.size} px ({array_bytes / GIB:.2f} GiB of arrays on disk, "
-        f"{loaded / GIB:.2f} GiB of them loaded by train()), batch {args.batch};"
+        f"{loaded / GIB:.2f} GiB of them train/val, read row by row by train()), "
+        f"batch {args.batch};"
     )
     print(
         f"    limited to {args.mem_steps} train steps and {args.mem_val_batches} validation "

@@ -14,8 +14,11 @@ checkpoint is deleted once the final outputs are written.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
+import ctypes
+import gc
 import hashlib
 import io
 import json
@@ -142,6 +145,8 @@ def _scheduler(
             pct_start=max(params.warmup_fraction, 1e-6),
             anneal_strategy="cos",
         )
+    if params.schedule == "constant":  # train.lr throughout: plain Adam(W), no warm-up
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     warmup = max(1, round(params.warmup_fraction * total_steps))
 
     def factor(step: int) -> float:
@@ -198,6 +203,18 @@ def _epoch_order(n: int, steps: int, batch: int, rt: Runtime, gen: torch.Generat
     return perm.view(steps, rt.world, batch)[:, rt.rank]
 
 
+def _release_memory() -> None:
+    """Hand the training's freed activation memory back to the OS (glibc keeps it otherwise).
+
+    glibc's malloc raises its mmap threshold after large frees, so later tensors come from the
+    heap and stay resident when freed; the imports and tracing after training (FLOP counter,
+    torch.export for MLflow) would then add to the training's peak instead of reusing it.
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -237,12 +254,11 @@ def train(
     p = train_params
     torch.manual_seed(p.seed)
     manifest = read_manifest(paths.prepared)
-    tr, va = (
-        load_split(paths.prepared, "train", mmap=False),
-        load_split(paths.prepared, "val", mmap=False),
-    )
-    images, masks = torch.from_numpy(tr.images), torch.from_numpy(tr.masks)
-    val_images, val_masks = torch.from_numpy(va.images), torch.from_numpy(va.masks)
+    # Rows are read per batch (RowReader): resident memory does not grow with the data set.
+    tr = load_split(paths.prepared, "train", stream=True)
+    va = load_split(paths.prepared, "val", stream=True)
+    images, masks = tr.images, tr.masks
+    val_images, val_masks = va.images, va.masks
     image_size = int(manifest["image_size"])
 
     steps = len(tr) // (p.batch_size * rt.world)
@@ -380,6 +396,7 @@ def train(
             tracker.end("FAILED")
         raise
 
+    _release_memory()  # what follows (FLOP count, model export) must not stack on the peak
     result = {
         "arch": arch,
         "best_epoch": best["epoch"],
