@@ -28,9 +28,13 @@ only. Targets are printed as PASS/MISS, never asserted. Sections, in the order t
     the target: >= 0.75 for unet at 128 px, batch 32). "/1x1" divides by the same product run
     as a oneDNN 1x1 convolution instead: ``torch.mm`` is MKL SGEMM, which may not use its widest
     kernels on non-Intel CPUs, while the model's convolutions run on oneDNN, so "/1x1" is the
-    ceiling the convolutions could really reach. For the archs in ``--explore`` the bare step is
-    also timed in the ``--variants``: ``{eager|compiled[:mode]}-{cl|nchw}[-fused][-t<N>]`` =
-    eager or ``torch.compile`` (inductor), channels_last or NCHW, ``AdamW(fused=True)``, N
+    ceiling the convolutions could really reach. The project's contenders run in the precision
+    training uses (``train.bf16``: bf16 autocast where the CPU has native bf16, see
+    ``petseg.engine.native_bf16``); their FLOPs are still divided by the float32 ceilings, i.e.
+    the ratio says how much faster than a float32 GEMM the step runs. For the archs in
+    ``--explore`` the bare step is also timed in the ``--variants``:
+    ``{eager|compiled[:mode]}-{cl|nchw}[-fused][-bf16][-t<N>]`` = eager or ``torch.compile``
+    (inductor), channels_last or NCHW, ``AdamW(fused=True)``, bf16 autocast (else float32), N
     threads (its ratio then uses the GEMM ceiling at N threads). "first s" = the first step,
     i.e. compile + one step for compiled variants; the inductor cache starts empty in each run
     (unless ``--warm-compile-cache``), but later compiles in a run reuse the earlier ones'
@@ -91,7 +95,7 @@ from petseg.config import (
 from petseg.data.oxford import image_path, read_list, trimap_path, trimap_to_labels
 from petseg.data.prepared import MANIFEST, SPLITS
 from petseg.data.synthetic import generate
-from petseg.engine import Feed, make_loss, train_one_epoch
+from petseg.engine import Feed, autocast, make_loss, precision, train_one_epoch
 from petseg.models import build_model, gflops_per_image
 from petseg.train import Runtime, _epoch_order, _param_groups, _scheduler
 
@@ -273,9 +277,12 @@ def bare_step(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     y: torch.Tensor,
+    bf16: bool = False,
 ) -> Callable[[], float]:
     def step() -> float:
-        loss = loss_fn(model(x), y)
+        with autocast(CPU, bf16):
+            out = model(x)
+        loss = loss_fn(out, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -294,6 +301,7 @@ def real_step(
     masks: torch.Tensor,
     order: Iterator[torch.Tensor],
     aug_gen: torch.Generator,
+    bf16: bool = False,
 ) -> Callable[[], float]:
     """One step of the project's loop: train_one_epoch over a one-batch generator from Feed."""
 
@@ -307,7 +315,7 @@ def real_step(
             yield batch
 
         train_one_epoch(
-            model, batches(), 1, optimizer, scheduler, loss_fn, 1, False, CPU, progress=False
+            model, batches(), 1, optimizer, scheduler, loss_fn, 1, bf16, CPU, progress=False
         )
         return fed[0]
 
@@ -333,7 +341,7 @@ def step_flops(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
 
 @dataclass(frozen=True)
 class Variant:
-    """``{eager|compiled[:mode]}-{cl|nchw}[-fused][-t<threads>]``, e.g. ``compiled-cl-t1``.
+    """``{eager|compiled[:mode]}-{cl|nchw}[-fused][-bf16][-t<threads>]``, e.g. ``compiled-cl-t1``.
 
     Write ``_`` for ``-`` inside a compile mode: ``compiled:max_autotune-cl``."""
 
@@ -342,6 +350,7 @@ class Variant:
     channels_last: bool
     fused: bool
     threads: int | None  # None = --threads
+    bf16: bool = False  # bf16 autocast (float32 otherwise)
 
     @classmethod
     def parse(cls, name: str) -> Variant:
@@ -349,28 +358,30 @@ class Variant:
         how, fmt, rest = parts[0], (parts[1:2] or [""])[0], parts[2:]
         how, _, mode = how.partition(":")
         fused = "fused" in rest
+        bf16 = "bf16" in rest
         threads = [r for r in rest if r.startswith("t") and r[1:].isdigit()]
         if (
             how not in ("eager", "compiled")
             or fmt not in ("cl", "nchw")
-            or len(rest) != fused + len(threads)
+            or len(rest) != fused + bf16 + len(threads)
             or len(threads) > 1
             or (mode and how == "eager")
         ):
             raise SystemExit(
                 f"bad variant {name!r}: expected "
-                "{eager|compiled[:mode]}-{cl|nchw}[-fused][-t<threads>], e.g. compiled-cl-t1"
+                "{eager|compiled[:mode]}-{cl|nchw}[-fused][-bf16][-t<threads>], e.g. "
+                "compiled-cl-t1"
             )
         mode = (mode.replace("_", "-") or "default") if how == "compiled" else None
         n = int(threads[0][1:]) if threads else None
-        return cls(name, mode, fmt == "cl", fused, n)
+        return cls(name, mode, fmt == "cl", fused, n, bf16)
 
     def label(self, threads: int) -> str:
         how = "eager" if self.mode is None else f"compile({self.mode})"
         fmt = "channels_last" if self.channels_last else "NCHW"
         fused = " +fused AdamW" if self.fused else ""
         thr = f" {self.threads} thr" if self.threads not in (None, threads) else ""
-        return f"bare {how} {fmt}{fused}{thr}"
+        return f"bare {how} {fmt}{fused}{' bf16' if self.bf16 else ''}{thr}"
 
 
 def bench_arch(
@@ -396,12 +407,16 @@ def bench_arch(
     x, y = Feed(CPU, True).batch(images, masks, torch.arange(args.batch))
 
     t = args.threads
+    bf16 = precision(CPU, p.bf16) != "float32"  # as training runs it (train.bf16)
+    tag = "bf16" if bf16 else "fp32"
     bare = Contender(
-        "bare eager channels_last (project)", bare_step(model, optimizer, loss_fn, x, y), t
+        f"bare eager channels_last {tag} (project)",
+        bare_step(model, optimizer, loss_fn, x, y, bf16),
+        t,
     )
     real = Contender(
-        "real loop (Feed+augment+train_one_epoch)",
-        real_step(model, optimizer, scheduler, loss_fn, feed, images, masks, order, aug_gen),
+        f"real loop (Feed+augment+train_one_epoch) {tag}",
+        real_step(model, optimizer, scheduler, loss_fn, feed, images, masks, order, aug_gen, bf16),
         t,
         real=True,
         twin=bare,
@@ -418,14 +433,16 @@ def bench_arch(
             )
             mode = None if v.mode == "default" else v.mode
             net = m if v.mode is None else torch.compile(m, mode=mode)
-            step = bare_step(net, opt, loss_fn, x.contiguous(memory_format=fmt), y)
+            step = bare_step(net, opt, loss_fn, x.contiguous(memory_format=fmt), y, v.bf16)
             vt = v.threads or t
             variant = Contender(v.label(t), step, vt, compiled=v.mode is not None)
             contenders.append(variant)
             first_compiled = not any(c.real and c.compiled for c in contenders)
             if v.mode is not None and v.channels_last and args.real_compiled and first_compiled:
                 sch = _scheduler(opt, p, 1_000_000)
-                step = real_step(net, opt, sch, loss_fn, feed, images, masks, order, aug_gen)
+                step = real_step(
+                    net, opt, sch, loss_fn, feed, images, masks, order, aug_gen, v.bf16
+                )
                 label = variant.label.replace("bare ", "real loop, ", 1)
                 contenders.append(
                     Contender(label, step, vt, real=True, compiled=True, twin=variant)
@@ -771,7 +788,7 @@ def main() -> None:
     parser.add_argument("--explore", default="unet", help="archs timed with every --variants too")
     parser.add_argument(
         "--variants",
-        default="eager-cl-fused,eager-cl-t1,compiled-cl,compiled-cl-fused-t1",
+        default="eager-cl,eager-cl-bf16-t1,compiled-cl-bf16",
         help="comma-separated {eager|compiled[:mode]}-{cl|nchw}[-fused][-t<threads>]",
     )
     parser.add_argument(
