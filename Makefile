@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Stages in dvc.yaml call `python`: make sure it is the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install vega-js demo repro plots test lint format ui params-real clean
+.PHONY: install vega-js demo repro sweep plots test lint format ui params-real clean
 
 install: $(STAMP) vega-js
 
@@ -42,6 +42,16 @@ demo: install
 
 ## Whatever params.yaml says now (real data by default).
 repro: install
+	dvc repro
+
+## Regularization sweep (README, Experiments): the grid as queued DVC experiments on top of the
+## workspace params, JOBS at a time, results into plots/experiments.csv, then the report.
+## e.g. make sweep SEEDS="0 1 2" JOBS=2 SWEEP_ARGS="--preset presets/demo.yaml -S train.epochs=5"
+SEEDS      ?= 0
+JOBS       ?= 2
+SWEEP_ARGS ?=
+sweep: install
+	python -m petseg.sweep run --seeds $(SEEDS) -j $(JOBS) $(SWEEP_ARGS)
 	dvc repro
 
 ## The DVC plots as a page that works offline: .dvc/plots/offline.html loads the scripts from js/.

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from petseg import cli, config
+from petseg import cli, config, tracking
 from petseg.models import ARCHITECTURES
 from petseg.train import TrainPaths, train
 
@@ -19,15 +19,18 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path, required=True)
     args = parser.parse_args()
 
-    models = config.load_section(args.params, "models")
-    result = train(
-        args.arch,
-        config.load_section(args.params, "train"),
-        getattr(models, args.arch),
-        config.load_section(args.params, "tracking"),
-        TrainPaths(args.prepared, args.model, args.metrics, args.plot, args.checkpoints),
-        data_source=config.load_section(args.params, "data").source,
-    )
+    track = config.load_section(args.params, "tracking")
+    # Any failure from here on (an invalid param included) shows as a FAILED run in MLflow.
+    with tracking.failures_recorded(track.experiment, args.arch):
+        models = config.load_section(args.params, "models")
+        result = train(
+            args.arch,
+            config.load_section(args.params, "train"),
+            getattr(models, args.arch),
+            track,
+            TrainPaths(args.prepared, args.model, args.metrics, args.plot, args.checkpoints),
+            data_source=config.load_section(args.params, "data").source,
+        )
     print(
         f"{args.arch}: best val mIoU {result['best_val_miou']:.4f} at epoch {result['best_epoch']}"
         f" in {result['train_seconds']:.0f} s -> {args.model}"

@@ -489,6 +489,32 @@ def test_experiments_table_has_mean_and_std(tmp_path):
     assert "No regularization experiments" not in markdown
 
 
+def test_experiments_chart_follows_the_table_and_a_header_only_csv_means_none(tmp_path):
+    runs = [
+        {"variant": v, "arch": a, "seed": seed, "miou": 0.5 + 0.01 * seed}
+        for v in ("baseline", "dropout")
+        for a in ("strided", "unet")
+        for seed in (0, 1)
+    ]
+    paths = write_outputs(tmp_path / "runs", STRIDED_WINS, experiments=runs)
+    html = build_report(paths, **PARAMS).read_text(encoding="utf-8")
+    section = html[html.index("<h2>Regularization</h2>") :]
+    assert section.index('<table class="regularization">') < section.index(
+        '<figure id="regularization"><img src="data:image/png;base64,'
+    )
+    Image.open(paths.out / "figures/regularization.png").verify()
+    markdown = (paths.out / "README.md").read_text()
+    assert "![Regularization variants](figures/regularization.png)" in markdown_section(
+        markdown, "Regularization"
+    )
+
+    paths = write_outputs(tmp_path / "none", STRIDED_WINS)
+    paths.experiments.write_text("experiment,variant,arch,seed,miou\n")  # as committed
+    html = build_report(paths, **PARAMS).read_text(encoding="utf-8")
+    assert "No regularization experiments were run" in html and "regularization.png" not in html
+    assert not (paths.out / "figures/regularization.png").exists()
+
+
 def test_experiments_without_required_columns_is_an_error(tmp_path):
     paths = write_outputs(tmp_path, STRIDED_WINS, experiments=[{"variant": "x", "score": 1.0}])
     with pytest.raises(DataError, match=r"experiments\.csv lacks the columns arch, miou"):

@@ -163,6 +163,8 @@ def load_inputs(paths: ReportPaths) -> Inputs:
     experiments = None
     if paths.experiments is not None and paths.experiments.exists():
         experiments = _read_csv(paths.experiments, ["variant", "arch", "miou"])
+        if experiments.empty:  # the committed header-only file: no sweep has run yet
+            experiments = None
     return Inputs(
         summary=summary,
         test=test,
@@ -671,6 +673,47 @@ def charts(inputs: Inputs) -> list[Chart]:
     ]
 
 
+def regularization_chart(experiments: pd.DataFrame) -> bytes:
+    """Test mIoU per variant (x) and architecture (colour): mean ± sample std as a marker with an
+    error bar, each run as a faint dot, each architecture's baseline mean as a dashed line."""
+    df = experiments.assign(
+        variant=experiments["variant"].astype(str),
+        arch=experiments["arch"].astype(str),
+        miou=experiments["miou"].astype(float),
+    )
+    variants = list(dict.fromkeys(df["variant"]))
+    archs = list(dict.fromkeys(df["arch"]))
+    colors, width = _colors(archs), 0.6 / len(archs)
+    fig = Figure(figsize=(max(7.0, 1.3 * len(variants) + 1.5), 4), layout="constrained")
+    ax = fig.subplots()
+    for k, arch in enumerate(archs):
+        offset = (k - (len(archs) - 1) / 2) * width
+        runs = df[df["arch"] == arch]
+        stats = runs.groupby("variant", sort=False)["miou"].agg(["mean", "std"]).reindex(variants)
+        ax.errorbar(
+            np.arange(len(variants)) + offset, stats["mean"], yerr=stats["std"].fillna(0.0),
+            fmt="o", ms=7, capsize=4, color=colors[arch], label=arch,
+        )  # fmt: skip
+        ax.scatter(
+            [variants.index(v) + offset for v in runs["variant"]], runs["miou"],
+            s=14, color=colors[arch], alpha=0.4, zorder=3,
+        )  # fmt: skip
+        if "baseline" in variants and math.isfinite(stats.loc["baseline", "mean"]):
+            ax.axhline(stats.loc["baseline", "mean"], color=colors[arch], lw=0.8, ls="--")
+    ax.set(
+        xticks=range(len(variants)),
+        xticklabels=variants,
+        ylabel="test mIoU",
+        title="Test mIoU per regularization variant (dashed: baseline)",
+    )
+    ax.margins(x=0.08, y=0.2)
+    low, high = ax.get_ylim()
+    ax.set_ylim(max(low, 0.0), min(high, 1.0))  # error bars must not suggest an mIoU below 0
+    ax.grid(axis="y", alpha=0.3)
+    fig.legend(loc="outside upper center", ncols=len(archs))
+    return _png(fig)
+
+
 # ------------------------------------------------------------------------- prediction grid
 @dataclass(frozen=True)
 class Example:
@@ -725,6 +768,8 @@ def _hardware(train_metrics: Mapping[str, Any]) -> str:
     details = [f"device {train_metrics['device']}"] if "device" in train_metrics else []
     if "threads" in train_metrics:
         details.append(f"{train_metrics['threads']} CPU threads")
+    if "precision" in train_metrics:
+        details.append(train_metrics["precision"])
     if train_metrics.get("world_size", 1) > 1:
         details.append(f"{train_metrics['world_size']} processes (DDP)")
     text = train_metrics.get("hardware", "hardware not recorded")
@@ -766,8 +811,6 @@ def setup_rows(
     }
     hardware = {a: _hardware(t) for a, t in inputs.train.items()}
     weights = train.class_weights or "equal"
-    if "precision" in train_metrics:
-        details.append(train_metrics["precision"])
     rows += [
         ("Image size", f"{size}×{size} px; mIoU orig. res. scores each test image at its own size"),
         ("Models", _per_arch(arch_text) + f"; unpool upsampling: {models.unpool.upsample}"),
@@ -799,6 +842,7 @@ class Report:
     archs: list[str]
     examples: list[Example]
     regularization: Table | None
+    regularization_chart: Chart | None = None
 
 
 TITLE = "petseg: strided vs unpool vs U-Net on Oxford-IIIT Pet trimaps"
@@ -806,8 +850,16 @@ METRICS_NOTE = (
     "Test split at the training resolution unless noted. ↑ higher is better, ↓ lower is better; "
     "the best value of each column is in bold with ★."
 )
-REG_NOTE = "mIoU per regularization variant: mean ± sample standard deviation over runs (seeds)."
-NO_REG = "No regularization experiments were run (plots/experiments.csv is absent)."
+REG_NOTE = (
+    "Test mIoU per regularization variant and architecture: mean ± sample standard deviation over "
+    "runs (seeds). baseline trains without augmentation, dropout, weight decay or label smoothing; "
+    "each variant turns one of them on, all turns on all four (DVC experiments of make sweep, "
+    "collected from dvc exp show into plots/experiments.csv)."
+)
+NO_REG = (
+    "No regularization experiments were run (plots/experiments.csv is absent or empty): "
+    "make sweep runs them."
+)
 
 
 def _grid_intro(archs: Sequence[str]) -> str:
@@ -863,6 +915,14 @@ def _html_table(table: Table, cls: str) -> str:
     return f'<table class="{cls}">\n<tr>{head}</tr>\n' + "\n".join(body) + "\n</table>"
 
 
+def _html_figure(chart: Chart) -> str:
+    e = html.escape
+    return (
+        f'<figure id="{chart.name}"><img src="{_data_uri(chart.png)}" alt="{e(chart.title)}">'
+        f"<figcaption><b>{e(chart.title)}.</b> {e(chart.caption)}</figcaption></figure>"
+    )
+
+
 def render_html(report: Report) -> str:
     e = html.escape
     setup = "\n".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in report.setup)
@@ -889,11 +949,7 @@ def render_html(report: Report) -> str:
         "</ul>",
         "<h2>Figures</h2>",
     ]
-    for chart in report.charts:
-        parts.append(
-            f'<figure id="{chart.name}"><img src="{_data_uri(chart.png)}" alt="{e(chart.title)}">'
-            f"<figcaption><b>{e(chart.title)}.</b> {e(chart.caption)}</figcaption></figure>"
-        )
+    parts += [_html_figure(chart) for chart in report.charts]
     parts += [
         "<h2>Predictions</h2>",
         f"<p>{e(_grid_intro(report.archs))}</p>",
@@ -914,6 +970,8 @@ def render_html(report: Report) -> str:
             f'<p class="note">{e(REG_NOTE)}</p>',
             _html_table(report.regularization, "regularization"),
         ]
+        if report.regularization_chart is not None:
+            parts.append(_html_figure(report.regularization_chart))
     parts += ["</body>", "</html>", ""]
     return "\n".join(parts)
 
@@ -934,6 +992,11 @@ def _md_table(table: Table) -> str:
     return "\n".join(lines)
 
 
+def _md_figure(chart: Chart) -> list[str]:
+    image = f"![{chart.title}](figures/{chart.name}.png)"
+    return [image, "", f"*{chart.title}.* {chart.caption}", ""]
+
+
 def render_markdown(report: Report) -> str:
     lines = [
         f"# {TITLE}",
@@ -950,12 +1013,7 @@ def render_markdown(report: Report) -> str:
     lines += ["", "## Test metrics", "", METRICS_NOTE, "", _md_table(report.metrics), ""]
     lines += ["## Discussion", "", *(f"- {s}" for s in report.discussion), "", "## Figures", ""]
     for chart in report.charts:
-        lines += [
-            f"![{chart.title}](figures/{chart.name}.png)",
-            "",
-            f"*{chart.title}.* {chart.caption}",
-            "",
-        ]
+        lines += _md_figure(chart)
     lines += [
         "## Predictions",
         "",
@@ -973,6 +1031,8 @@ def render_markdown(report: Report) -> str:
         lines += [NO_REG, ""]
     else:
         lines += [REG_NOTE, "", _md_table(report.regularization), ""]
+        if report.regularization_chart is not None:
+            lines += _md_figure(report.regularization_chart)
     return "\n".join(lines)
 
 
@@ -1002,12 +1062,22 @@ def build_report(
         regularization=None
         if inputs.experiments is None
         else regularization_table(inputs.experiments),
+        regularization_chart=None
+        if inputs.experiments is None
+        else Chart(
+            "regularization",
+            "Regularization variants",
+            "Test mIoU per variant and architecture: marker and bar = mean ± std over seeds, dots "
+            "= single runs, dashed = the baseline's mean (plots/experiments.csv).",
+            regularization_chart(inputs.experiments),
+        ),
     )
     with atomic_dir(paths.out) as tmp:
         figures = tmp / "figures"
         (figures / "predictions").mkdir(parents=True)
-        for chart in report.charts:
-            (figures / f"{chart.name}.png").write_bytes(chart.png)
+        for chart in [*report.charts, report.regularization_chart]:
+            if chart is not None:
+                (figures / f"{chart.name}.png").write_bytes(chart.png)
         for ex in report.examples:
             (figures / "predictions" / ex.filename).write_bytes(ex.png)
         (tmp / "index.html").write_text(render_html(report), encoding="utf-8")

@@ -1,29 +1,69 @@
 """MLflow tracking: the only module that imports mlflow.
 
 The store defaults to ``sqlite:///<project root>/mlflow.db`` (MLflow 3 deprecates the file
-store) and ``MLFLOW_TRACKING_URI`` overrides it. The project root is found from the working
-directory, and when DVC runs an experiment in a temporary copy (``.dvc/tmp/exps/...``) the root is
-the project that holds that copy, so every run lands in the one store that ``make ui`` shows.
+store) and ``MLFLOW_TRACKING_URI`` overrides it. The project root is ``DVC_ROOT`` when DVC runs
+the stage (for a queued or ``--temp`` experiment DVC points it at the project that holds the
+temporary copy under ``.dvc/tmp/exps/``), else the working directory, so every run lands in the one
+store that ``make ui`` shows.
+
+Concurrent writers (``dvc queue start -j N`` trains N models at once, each process writing its
+metrics, system metrics and model to the same sqlite file): the store is switched to write-ahead
+logging (WAL, a persistent property of the file), so readers never block the writer and writers
+queue on one lock; MLflow waits up to 20 s for that lock (its ``busy_timeout``) and initialises a
+new store under a file lock; and the few calls made here are retried when the store still reports
+itself temporarily unavailable. Experiments created at the same moment by two processes resolve to
+the same experiment.
+
+Tags on every run: ``petseg.arch``, ``petseg.group`` (what groups the runs of one pipeline
+execution: the DVC experiment name, or ``repro-<start>-<pid>`` of a plain ``dvc repro``),
+``git.commit``, ``dvc.exp_name`` and ``dvc.baseline`` (set by DVC for experiments); a failed stage
+adds ``petseg.error``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import datetime
+import logging
 import os
+import sqlite3
 import subprocess
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
+import psutil
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from mlflow.protos.databricks_pb2 import (
+    RESOURCE_ALREADY_EXISTS,
+    TEMPORARILY_UNAVAILABLE,
+    ErrorCode,
+)
+from sqlalchemy.engine import make_url
+
+log = logging.getLogger(__name__)
 
 STORE = "mlflow.db"
 ARTIFACTS = "mlartifacts"
+# Seconds between retries of a call the store reported as temporarily unavailable (locked).
+RETRY_DELAYS = (1, 2, 4, 8, 15, 30)
+# MLflow limits tag values; an error message is cut to this many characters.
+MAX_TAG = 5000
+
+T = TypeVar("T")
+# Ids of the runs started inside the innermost failures_recorded() block.
+_STARTED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("started", default=None)
 
 
 def project_root(cwd: str | Path | None = None) -> Path:
-    """The project directory, looking through DVC's temporary experiment copies."""
+    """The project directory: DVC's ``DVC_ROOT``, else ``cwd`` looking through DVC's temp copies."""
+    if cwd is None and os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
     path = Path(cwd or os.getcwd()).resolve()
     parts = path.parts
     for i in range(len(parts) - 2):
@@ -58,6 +98,106 @@ def _git_commit(root: Path) -> str | None:
     return out.stdout.strip() or None
 
 
+# ------------------------------------------------------------------------------ the store
+def use_wal(uri: str) -> None:
+    """Switch a sqlite store to write-ahead logging (kept by the file; other stores: no-op).
+
+    In WAL mode readers and the one writer do not block each other, so the UI, a run's system
+    metrics thread and parallel experiments can all use the file at once.
+    """
+    if not uri.startswith("sqlite:"):
+        return
+    database = make_url(uri).database
+    if not database or database == ":memory:":
+        return
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with contextlib.closing(sqlite3.connect(database, timeout=60)) as con:
+            if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                con.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as exc:  # still usable in its current mode, only with more waiting
+        log.warning("could not switch %s to WAL mode: %s", database, exc)
+
+
+def _transient(exc: MlflowException) -> bool:
+    return exc.error_code == ErrorCode.Name(TEMPORARILY_UNAVAILABLE)
+
+
+def _retry(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)``, retried while the store reports itself temporarily unavailable."""
+    for delay in RETRY_DELAYS:
+        try:
+            return call(*args, **kwargs)
+        except MlflowException as exc:
+            if not _transient(exc):
+                raise
+            log.warning("MLflow store busy (%s); retrying in %d s", exc.message[:200], delay)
+            time.sleep(delay)
+    return call(*args, **kwargs)
+
+
+def _connect(root: Path, experiment: str) -> str:
+    """Point MLflow at the project's store; return the id of ``experiment`` (created if new)."""
+    uri = tracking_uri(root)
+    use_wal(uri)
+    mlflow.set_tracking_uri(uri)
+    exp = _retry(mlflow.get_experiment_by_name, experiment)
+    if exp is not None:
+        return exp.experiment_id
+    # With a local store keep artifacts inside the project; a server decides for itself.
+    location = (root / ARTIFACTS).as_uri() if uri.startswith("sqlite:") else None
+    try:
+        return _retry(mlflow.create_experiment, experiment, artifact_location=location)
+    except MlflowException as exc:  # another process created it a moment ago
+        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+        return _retry(mlflow.get_experiment_by_name, experiment).experiment_id
+
+
+# ----------------------------------------------------------------------------------- tags
+def run_group() -> str | None:
+    """The id shared by the runs of one pipeline execution.
+
+    A DVC experiment (``dvc exp run``, queued or not) is named by DVC: that name. A plain
+    ``dvc repro`` runs each stage in a child process with ``DVC_STAGE`` set; the nearest ancestor
+    without it is that ``dvc`` process, whose start time and pid identify the execution. Outside
+    DVC: None.
+    """
+    if os.environ.get("DVC_EXP_NAME"):
+        return os.environ["DVC_EXP_NAME"]
+    if "DVC_STAGE" not in os.environ:
+        return None
+    try:
+        for proc in psutil.Process().parents():
+            if "DVC_STAGE" not in proc.environ():
+                started = datetime.datetime.fromtimestamp(proc.create_time())
+                return f"repro-{started:%Y%m%d-%H%M%S}-{proc.pid}"
+    except psutil.Error as exc:
+        log.warning("cannot identify the dvc process (%s): runs are not grouped", exc)
+    return None
+
+
+def base_tags(run_name: str, root: Path) -> dict[str, str]:
+    """Tags of every run: architecture, group, git commit, DVC experiment and baseline."""
+    tags = {"petseg.arch": run_name}
+    group = run_group()
+    if group:
+        tags["petseg.group"] = group
+    commit = _git_commit(root)
+    if commit:
+        tags["git.commit"] = commit
+    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def _error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= MAX_TAG else text[: MAX_TAG - 1] + "…"
+
+
+# ------------------------------------------------------------------------------------ runs
 class Tracker:
     """One MLflow run: start or resume, log params/metrics/model, end with a status."""
 
@@ -70,27 +210,10 @@ class Tracker:
         tags: Mapping[str, str] | None = None,
         system_metrics: bool = True,
     ) -> None:
-        uri = tracking_uri(root)
-        mlflow.set_tracking_uri(uri)
-        exp = mlflow.get_experiment_by_name(experiment)
-        if exp is None:
-            # With a local store keep artifacts inside the project; a server decides for itself.
-            location = (root / ARTIFACTS).as_uri() if uri.startswith("sqlite:") else None
-            exp_id = mlflow.create_experiment(experiment, artifact_location=location)
-        else:
-            exp_id = exp.experiment_id
-        all_tags = {"petseg.arch": run_name}
-        commit = _git_commit(root)
-        if commit:
-            all_tags["git.commit"] = commit
-        for env, tag in (
-            ("DVC_EXP_NAME", "dvc.exp_name"),
-            ("DVC_EXP_BASELINE_REV", "dvc.baseline"),
-        ):
-            if os.environ.get(env):
-                all_tags[tag] = os.environ[env]
-        all_tags.update(tags or {})
-        self.run = mlflow.start_run(
+        exp_id = _connect(root, experiment)
+        all_tags = {**base_tags(run_name, root), **(tags or {})}
+        self.run = _retry(
+            mlflow.start_run,
             run_id=run_id,
             experiment_id=None if run_id else exp_id,
             run_name=None if run_id else run_name,
@@ -98,14 +221,17 @@ class Tracker:
             log_system_metrics=system_metrics,
         )
         self.run_id = self.run.info.run_id
+        started = _STARTED.get()
+        if started is not None:
+            started.append(self.run_id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         flat = {k: ("null" if v is None else v) for k, v in flatten(params).items()}
-        existing = mlflow.get_run(self.run_id).data.params
-        mlflow.log_params({k: v for k, v in flat.items() if k not in existing})
+        existing = _retry(mlflow.get_run, self.run_id).data.params
+        _retry(mlflow.log_params, {k: v for k, v in flat.items() if k not in existing})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        _retry(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
 
     def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
         """Log ``model`` (CPU, eval mode) with a signature inferred from ``example``."""
@@ -122,7 +248,55 @@ class Tracker:
         )
 
     def end(self, status: str = "FINISHED") -> None:
-        mlflow.end_run(status=status)
+        try:
+            mlflow.end_run(status=status)
+        except MlflowException as exc:
+            if not _transient(exc):
+                raise
+            # end_run had already let go of the run: finish it in the store directly.
+            _retry(mlflow.MlflowClient().set_terminated, self.run_id, status)
+
+
+@contextlib.contextmanager
+def failures_recorded(experiment: str, run_name: str) -> Iterator[None]:
+    """Around a training stage: an exception leaves a visible FAILED run in MLflow.
+
+    The run started inside the block (:func:`petseg.train.train` ends it FAILED) gets the error in
+    the tag ``petseg.error``; when the stage failed before starting one (an invalid param, missing
+    data), a FAILED run with the usual tags and the error is created, so a failed DVC experiment
+    never shows up as a silent gap. Only the main process of a DDP job records (``RANK`` 0), and
+    a store that cannot be reached only adds a warning to the original error.
+    """
+    started: list[str] = []
+    token = _STARTED.set(started)
+    try:
+        yield
+    except BaseException as exc:
+        if int(os.environ.get("RANK", "0")) == 0:
+            try:
+                _record_failure(experiment, run_name, exc, started[-1] if started else None)
+            except Exception as record_exc:
+                log.warning("could not record the failure in MLflow: %s", record_exc)
+        raise
+    finally:
+        _STARTED.reset(token)
+
+
+def _record_failure(experiment: str, run_name: str, exc: BaseException, run_id: str | None) -> None:
+    error = _error_text(exc)
+    status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+    if run_id is not None:
+        _retry(mlflow.MlflowClient().set_tag, run_id, "petseg.error", error)
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:  # failed before train()'s loop
+            mlflow.end_run(status=status)
+        return
+    root = project_root()
+    exp_id = _connect(root, experiment)
+    client = mlflow.MlflowClient()
+    tags = {**base_tags(run_name, root), "petseg.error": error}
+    created = _retry(client.create_run, exp_id, tags=tags, run_name=run_name)
+    _retry(client.set_terminated, created.info.run_id, status)
 
 
 def load_logged_model(run_id: str, root: Path) -> torch.nn.Module:

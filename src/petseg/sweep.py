@@ -1,0 +1,416 @@
+"""The regularization sweep: its grid, run as queued DVC experiments, and its results collected.
+
+``python -m petseg.sweep run [--seeds 0 1 2] [-j 2] [--preset presets/demo.yaml] [-S key=value]``
+(what ``make sweep`` runs) queues one DVC experiment per variant and seed with
+``dvc exp run --queue -n reg-<variant>-s<seed> -S ...``, starts ``dvc queue start -j N``, waits
+for them, and writes ``plots/experiments.csv`` from ``dvc exp show --json``: one row per
+experiment and architecture with the test mIoU of ``metrics/summary.json``. The report stage turns
+that file into its Regularization section. ``python -m petseg.sweep collect`` only rewrites it.
+
+The grid: ``baseline`` is deliberately un-regularized (no augmentation, dropout, weight decay or
+label smoothing); each single variant turns one regularizer on relative to it and ``all`` turns on
+all four. Every other param is the workspace's ``params.yaml`` (plus the preset and ``-S``), the
+same for every variant, and the sweep refuses to collect experiments whose recipes differ.
+
+Experiments that already succeeded (same name, same baseline commit) are not queued again, so a
+sweep can be extended with more seeds; a failed one is queued again, and one still queued or
+running is waited for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import io
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ruamel.yaml import YAML
+
+from petseg import cli, config
+from petseg.errors import ParamsError, PetsegError
+from petseg.fileio import atomic_write_bytes
+
+ARCHS = tuple(config.ModelsParams.model_fields)  # strided, unpool, unet
+DROPOUT_KEYS = tuple(f"models.{a}.dropout" for a in ARCHS)
+
+# Each regularizer: the params that turn it on (the values the sweep uses) ...
+ON: dict[str, dict[str, Any]] = {
+    "augment": {"train.augment.enabled": True},  # with the train.augment.* settings of params.yaml
+    "dropout": dict.fromkeys(DROPOUT_KEYS, 0.2),  # Dropout2d in bottleneck and decoder
+    "weight_decay": {"train.weight_decay": 0.05},  # AdamW, decoupled
+    "label_smoothing": {"train.label_smoothing": 0.1},
+}
+# ... and the same params switched off: the un-regularized baseline.
+OFF: dict[str, Any] = {
+    "train.augment.enabled": False,
+    **dict.fromkeys(DROPOUT_KEYS, 0.0),
+    "train.weight_decay": 0.0,
+    "train.label_smoothing": 0.0,
+}
+# Variant name -> regularizers turned on, in report order.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "baseline": (),
+    **{name: (name,) for name in ON},
+    "all": tuple(ON),
+}
+SEED = "train.seed"
+# Params that do not change the numbers: experiments differing only here are still comparable.
+RUNTIME = ("train.threads", "preprocess.workers", "tracking.")
+COLUMNS = ("experiment", "variant", "arch", "seed", "miou")
+PENDING = ("queued", "running")
+
+
+class SweepError(PetsegError):
+    """DVC refused a command, or the experiments cannot be compared."""
+
+
+def overrides(variant: str) -> dict[str, Any]:
+    """The params of ``variant``: every regularizer off, then its own turned on."""
+    if variant not in VARIANTS:
+        raise ParamsError(f"unknown variant {variant!r}; variants: {', '.join(VARIANTS)}")
+    out = dict(OFF)
+    for reg in VARIANTS[variant]:
+        out.update(ON[reg])
+    return out
+
+
+def _flat(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def variant_of(params: Mapping[str, Any]) -> str:
+    """Name the regularizers a params.yaml mapping turns on (``augment+dropout`` if off-grid)."""
+    flat = _flat(params)
+    on = [reg for reg, keys in ON.items() if any(flat.get(k, OFF[k]) != OFF[k] for k in keys)]
+    if not on:
+        return "baseline"
+    return "all" if len(on) == len(ON) else "+".join(on)
+
+
+def experiment_name(prefix: str, variant: str, seed: int) -> str:
+    return f"{prefix}-{variant}-s{seed}"
+
+
+# ------------------------------------------------------------------------------------- plan
+def _arg(value: Any) -> str:
+    """A value as DVC's ``-S key=value`` parses it (YAML; JSON is YAML)."""
+    return json.dumps(value)
+
+
+def _parse_sets(items: Iterable[str]) -> dict[str, Any]:
+    """``-S key=value`` values parsed as YAML 1.2, as DVC does (``1e-3`` is a number)."""
+    parser = YAML(typ="safe", pure=True)
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ParamsError(f"-S {item!r}: expected key=value, e.g. -S train.epochs=5")
+        out[key.strip()] = parser.load(value)
+    return out
+
+
+def _read_preset(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: preset file not found") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of dotted keys to values")
+    return data
+
+
+def _with(params: Mapping[str, Any], sets: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(params))
+    for dotted, value in sets.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ParamsError(f"-S {dotted}: {part} is not a section of params.yaml")
+        node[leaf] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Planned:
+    name: str
+    variant: str
+    seed: int
+    sets: dict[str, Any]  # every -S of this experiment
+
+    def command(self) -> list[str]:
+        sets = [x for k, v in self.sets.items() for x in ("-S", f"{k}={_arg(v)}")]
+        return ["dvc", "exp", "run", "--queue", "-n", self.name, *sets]
+
+
+def plan(
+    variants: Sequence[str],
+    seeds: Sequence[int],
+    common: Mapping[str, Any],
+    params: Mapping[str, Any],
+    prefix: str = "reg",
+) -> list[Planned]:
+    """One experiment per variant and seed; ``common`` (preset, ``-S``) applies to all of them.
+
+    Every experiment's params (``params`` with its overrides) are validated here, so an invalid
+    value stops the sweep before anything is queued.
+    """
+    clash = sorted(k for k in common if k in OFF or k == SEED)
+    if clash:
+        raise ParamsError(
+            f"{', '.join(clash)}: set by the sweep itself (the grid in petseg.sweep, --seeds); "
+            "leave them out of --preset and -S"
+        )
+    out = []
+    for variant in variants:
+        for seed in seeds:
+            sets = {**common, **overrides(variant), SEED: seed}
+            name = experiment_name(prefix, variant, seed)
+            config.validate(_with(params, sets), f"params.yaml with the overrides of {name}")
+            out.append(Planned(name, variant, seed, sets))
+    return out
+
+
+# ------------------------------------------------------------------------------ experiments
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment in ``dvc exp show --json``."""
+
+    name: str
+    state: str  # queued | running | success | failed
+    params: dict[str, Any]  # params.yaml
+    summary: dict[str, Any] | None  # metrics/summary.json (stale unless state is success)
+
+
+def parse_exp_show(show: Sequence[Mapping[str, Any]]) -> list[Experiment]:
+    """The experiments of the baselines in ``dvc exp show --json`` (the workspace is skipped)."""
+    out = []
+    for baseline in show:
+        if baseline.get("rev") == "workspace":
+            continue
+        for exp in baseline.get("experiments") or []:
+            rev = (exp.get("revs") or [{}])[0]
+            state = (exp.get("executor") or {}).get("state")
+            if state is None:  # finished before DVC tracked executors
+                state = "failed" if rev.get("error") else "success"
+            data = rev.get("data") or {}
+            summary = (data.get("metrics") or {}).get("metrics/summary.json") or {}
+            out.append(
+                Experiment(
+                    name=exp.get("name") or rev.get("rev", "?")[:7],
+                    state=state,
+                    params=((data.get("params") or {}).get("params.yaml") or {}).get("data") or {},
+                    summary=summary.get("data"),
+                )
+            )
+    return out
+
+
+def collect(experiments: Sequence[Experiment], prefix: str = "reg") -> list[dict[str, Any]]:
+    """Rows of plots/experiments.csv: each successful ``<prefix>-*`` experiment x architecture.
+
+    Raises :class:`SweepError` when their recipes differ beyond the regularizers and the seed
+    (experiments left from a sweep with other settings), or one variant has two settings.
+    """
+    done = [e for e in experiments if e.state == "success" and e.name.startswith(f"{prefix}-")]
+    _check_comparable(done)
+    rows = []
+    for exp in done:
+        archs = (exp.summary or {}).get("architectures")
+        if not archs:
+            raise SweepError(f"experiment {exp.name} has no metrics/summary.json architectures")
+        for arch, metrics in archs.items():
+            rows.append(
+                {
+                    "experiment": exp.name,
+                    "variant": variant_of(exp.params),
+                    "arch": arch,
+                    "seed": _flat(exp.params).get(SEED),
+                    "miou": float(metrics["miou"]),
+                }
+            )
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    arch_order = {a: i for i, a in enumerate(ARCHS)}
+    rows.sort(
+        key=lambda r: (
+            order.get(r["variant"], len(order)),
+            r["variant"],
+            arch_order.get(r["arch"], len(arch_order)),
+            r["arch"],
+            r["seed"],
+            r["experiment"],
+        )
+    )
+    return rows
+
+
+def _check_comparable(done: Sequence[Experiment]) -> None:
+    """Same recipe outside the grid for all; the same regularizer values within each variant."""
+    ref: dict[str, tuple[str, dict[str, Any]]] = {}  # variant or "*" -> (experiment, params)
+    for exp in done:
+        flat = _flat(exp.params)
+        recipe = {
+            k: v
+            for k, v in flat.items()
+            if k not in OFF and k != SEED and not k.startswith(RUNTIME)
+        }
+        grid = {k: flat.get(k) for k in OFF}
+        for key, values in (("*", recipe), (variant_of(exp.params), grid)):
+            first, first_values = ref.setdefault(key, (exp.name, values))
+            diff = sorted(k for k in first_values.keys() | values.keys()
+                          if first_values.get(k) != values.get(k))  # fmt: skip
+            if diff:
+                what = ", ".join(
+                    f"{k} = {values.get(k)!r} vs {first_values.get(k)!r}" for k in diff[:4]
+                )
+                raise SweepError(
+                    f"experiments {exp.name} and {first} differ in {what}, so they cannot be "
+                    f"compared: remove the stale one (dvc exp remove {exp.name}) or sweep "
+                    "with another --prefix"
+                )
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+# ------------------------------------------------------------------------------------- DVC
+def _env() -> dict[str, str]:
+    """This interpreter's bin first on PATH: the queue workers and stages find the same ``dvc``
+    and ``python``."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _dvc(args: Sequence[str], echo: bool = True) -> str:
+    if echo:
+        print("$ " + shlex.join(args), flush=True)
+    proc = subprocess.run(list(args), env=_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SweepError(f"{' '.join(args[:4])} failed: {(proc.stderr or proc.stdout).strip()}")
+    return proc.stdout
+
+
+def exp_show() -> list[Experiment]:
+    return parse_exp_show(json.loads(_dvc(["dvc", "exp", "show", "--json"], echo=False)))
+
+
+def _states(experiments: Sequence[Experiment], names: Iterable[str]) -> dict[str, str]:
+    """Per name: success if any run of it succeeded, else pending if one is, else failed/absent."""
+    out = {}
+    for name in names:
+        states = {e.state for e in experiments if e.name == name}
+        if "success" in states:
+            out[name] = "success"
+        elif states & set(PENDING):
+            out[name] = "running" if "running" in states else "queued"
+        else:
+            out[name] = "failed" if states else "absent"
+    return out
+
+
+def run(
+    planned: Sequence[Planned], jobs: int, out: Path, prefix: str, poll: float = 10.0
+) -> list[str]:
+    """Queue what is not done yet, run the queue with ``jobs`` workers, wait, collect into
+    ``out``; return the names of the experiments that failed."""
+    names = [p.name for p in planned]
+    before = _states(exp_show(), names)
+    for p in planned:
+        if before[p.name] == "success":
+            print(f"{p.name}: already done for this baseline (dvc exp remove {p.name} to redo)")
+        elif before[p.name] in PENDING:
+            print(f"{p.name}: already {before[p.name]}, waiting for it")
+        else:
+            _dvc(p.command())
+    start = time.monotonic()
+    _dvc(["dvc", "queue", "start", "-j", str(jobs)])
+    shown: dict[str, str] = {}
+    while True:
+        now = _states(exp_show(), names)
+        for name, state in now.items():
+            if shown.get(name) != state:
+                print(f"[{time.monotonic() - start:6.0f} s] {name}: {state}", flush=True)
+        shown = now
+        pending = [n for n, s in now.items() if s in PENDING]
+        if not pending:
+            break
+        if "running" not in now.values():  # workers stop when idle: make sure some are up
+            _dvc(["dvc", "queue", "start", "-j", str(jobs)], echo=False)
+        time.sleep(poll)
+    rows = collect(exp_show(), prefix)
+    write_csv(out, rows)
+    print(f"{out}: {len(rows)} rows from {len({r['experiment'] for r in rows})} experiments")
+    return [n for n, s in shown.items() if s != "success"]
+
+
+# ------------------------------------------------------------------------------------- CLI
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="queue the grid, run it, collect plots/experiments.csv")
+    run_p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    run_p.add_argument("--seeds", nargs="+", type=int, default=[0], help="train.seed values")
+    run_p.add_argument("-j", "--jobs", type=int, default=2, help="experiments run at once")
+    run_p.add_argument("--preset", type=Path, help="dotted-key overrides, e.g. presets/demo.yaml")
+    run_p.add_argument("-S", "--set", dest="sets", action="append", default=[], metavar="K=V")
+    run_p.add_argument("--dry-run", action="store_true", help="print the dvc commands only")
+    run_p.add_argument("--poll", type=float, default=10.0, help="seconds between status checks")
+    col_p = sub.add_parser("collect", help="only (re)write plots/experiments.csv")
+    for p in (run_p, col_p):
+        p.add_argument("--prefix", default="reg", help="experiment names: PREFIX-VARIANT-sSEED")
+        p.add_argument("--out", type=Path, default=Path("plots/experiments.csv"))
+        p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+
+    if args.command == "collect":
+        rows = collect(exp_show(), args.prefix)
+        write_csv(args.out, rows)
+        print(f"{args.out}: {len(rows)} rows")
+        return
+    if args.jobs < 1:
+        raise ParamsError(f"-j {args.jobs}: at least one job")
+    common = {**_read_preset(args.preset), **_parse_sets(args.sets)}
+    if "train.threads" not in common:  # N trainings at once share the cores instead of fighting
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        common["train.threads"] = max(1, (cores or 1) // args.jobs)
+    planned = plan(args.variants, args.seeds, common, config.load(args.params).model_dump(),
+                   args.prefix)  # fmt: skip
+    if args.dry_run:
+        for p in planned:
+            print(shlex.join(p.command()))
+        print(f"dvc queue start -j {args.jobs}")
+        return
+    failed = run(planned, args.jobs, args.out, args.prefix, args.poll)
+    if failed:
+        logs = "; ".join(f"dvc queue logs {n}" for n in failed)
+        raise SweepError(f"{len(failed)} experiment(s) failed: {', '.join(failed)} (see {logs})")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,480 @@
+"""The regularization sweep: grid, collection from `dvc exp show`, MLflow under parallel runs.
+
+The fast tests check the grid, the collection and the tracking helpers in-process. The slow ones
+run a real sweep on a git+DVC copy of the project (as in test_pipeline.py): five queued
+experiments, one of them broken, two at a time, all writing to the project's one MLflow store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+from petseg import config, sweep, tracking
+from petseg.errors import ParamsError
+from petseg.preset import apply_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = config.Params().model_dump()  # the defaults: augmentation and weight decay on
+
+
+# ------------------------------------------------------------------------------------ grid
+def test_baseline_is_unregularized_and_each_variant_turns_on_one_thing():
+    base = sweep.overrides("baseline")
+    assert base == {
+        "train.augment.enabled": False,
+        "models.strided.dropout": 0.0,
+        "models.unpool.dropout": 0.0,
+        "models.unet.dropout": 0.0,
+        "train.weight_decay": 0.0,
+        "train.label_smoothing": 0.0,
+    }
+    changed = {
+        v: {k for k, x in sweep.overrides(v).items() if x != base[k]} for v in sweep.VARIANTS
+    }
+    assert changed == {
+        "baseline": set(),
+        "augment": {"train.augment.enabled"},
+        "dropout": {"models.strided.dropout", "models.unpool.dropout", "models.unet.dropout"},
+        "weight_decay": {"train.weight_decay"},
+        "label_smoothing": {"train.label_smoothing"},
+        "all": set(base),
+    }
+    for variant in sweep.VARIANTS:  # the name is recovered from the params alone
+        assert sweep.variant_of(sweep._with(PARAMS, sweep.overrides(variant))) == variant
+    assert sweep.variant_of(PARAMS) == "augment+weight_decay"
+
+
+def test_plan_names_experiments_and_validates_every_one_before_queueing():
+    planned = sweep.plan(["dropout"], [0, 3], {"train.epochs": 2}, PARAMS)
+    assert [p.name for p in planned] == ["reg-dropout-s0", "reg-dropout-s3"]
+    cmd = planned[1].command()
+    assert cmd[:6] == ["dvc", "exp", "run", "--queue", "-n", "reg-dropout-s3"]
+    sets = [cmd[i + 1] for i, x in enumerate(cmd) if x == "-S"]
+    assert {"train.epochs=2", "models.unet.dropout=0.2", "train.seed=3"} <= set(sets)
+    assert "train.augment.enabled=false" in sets and "train.weight_decay=0.0" in sets
+
+    assert sweep._parse_sets(["train.lr=1e-3", "data.source=synthetic"]) == {
+        "train.lr": 0.001,
+        "data.source": "synthetic",
+    }
+    with pytest.raises(ParamsError, match=r"train\.epochs = 0 is invalid"):
+        sweep.plan(["baseline"], [0], {"train.epochs": 0}, PARAMS)
+    with pytest.raises(ParamsError, match=r"train\.seed, train\.weight_decay: set by the sweep"):
+        sweep.plan(["baseline"], [0], {"train.weight_decay": 0.1, "train.seed": 1}, PARAMS)
+    with pytest.raises(ParamsError, match=r"unknown key train\.nope"):
+        sweep.plan(["baseline"], [0], {"train.nope": 1}, PARAMS)
+
+
+# ------------------------------------------------------------------------------ collection
+def _exp(name: str, state: str, miou: float, **sets) -> dict:
+    """One experiment as `dvc exp show --json` lists it (dvc 3.67)."""
+    params = sweep._with(PARAMS, {**sweep.overrides("baseline"), **sets})
+    archs = {a: {"miou": miou + i / 100, "pixel_accuracy": 0.9} for i, a in enumerate(sweep.ARCHS)}
+    data = {
+        "params": {"params.yaml": {"data": params}},
+        "metrics": {"metrics/summary.json": {"data": {"architectures": archs}}},
+    }
+    error = {"msg": "Experiment run failed", "type": ""} if state == "failed" else None
+    return {
+        "name": name,
+        "executor": {"state": state, "name": "dvc-task", "local": {}},
+        "revs": [{"rev": "0" * 40, "name": name, "error": error, "data": data}],
+    }
+
+
+def _show(*experiments: dict) -> list[dict]:
+    return [
+        {"rev": "workspace", "name": None, "data": {}, "error": None},
+        {"rev": "1" * 40, "name": "main", "data": {}, "error": None, "experiments": [*experiments]},
+    ]
+
+
+def test_collect_takes_the_successful_sweep_experiments_in_grid_order():
+    show = _show(
+        _exp("reg-dropout-s1", "success", 0.60, **sweep.ON["dropout"], **{"train.seed": 1}),
+        _exp("reg-dropout-s0", "success", 0.50, **sweep.ON["dropout"]),
+        _exp("reg-baseline-s0", "success", 0.40),
+        _exp(
+            "reg-all-s0", "failed", 0.99, **{k: v for o in sweep.ON.values() for k, v in o.items()}
+        ),
+        _exp("reg-augment-s0", "queued", 0.98, **sweep.ON["augment"]),
+        _exp("tuning-lr", "success", 0.97, **{"train.lr": 0.1}),
+    )
+    rows = sweep.collect(sweep.parse_exp_show(show))
+    assert [(r["experiment"], r["variant"], r["arch"], r["seed"]) for r in rows] == [
+        ("reg-baseline-s0", "baseline", "strided", 0),
+        ("reg-baseline-s0", "baseline", "unpool", 0),
+        ("reg-baseline-s0", "baseline", "unet", 0),
+        ("reg-dropout-s0", "dropout", "strided", 0),
+        ("reg-dropout-s1", "dropout", "strided", 1),
+        ("reg-dropout-s0", "dropout", "unpool", 0),
+        ("reg-dropout-s1", "dropout", "unpool", 1),
+        ("reg-dropout-s0", "dropout", "unet", 0),
+        ("reg-dropout-s1", "dropout", "unet", 1),
+    ]
+    assert [r["miou"] for r in rows if r["arch"] == "unet"] == pytest.approx([0.42, 0.52, 0.62])
+
+
+def test_collect_refuses_experiments_with_different_recipes(tmp_path):
+    show = _show(
+        _exp("reg-baseline-s0", "success", 0.4),
+        _exp("reg-baseline-s1", "success", 0.4, **{"train.seed": 1, "train.threads": 2}),
+        _exp("reg-dropout-s0", "success", 0.5, **sweep.ON["dropout"], **{"train.lr": 0.1}),
+    )
+    with pytest.raises(sweep.SweepError, match=r"train\.lr = 0\.1 vs 0\.002.*dvc exp remove"):
+        sweep.collect(sweep.parse_exp_show(show))
+    show = _show(
+        _exp("reg-dropout-s0", "success", 0.5, **sweep.ON["dropout"]),
+        _exp("reg-dropout-s1", "success", 0.5, **dict.fromkeys(sweep.DROPOUT_KEYS, 0.5)),
+    )
+    with pytest.raises(sweep.SweepError, match=r"models\.strided\.dropout = 0\.5 vs 0\.2"):
+        sweep.collect(sweep.parse_exp_show(show))
+
+
+# -------------------------------------------------------------------------------- tracking
+@pytest.fixture
+def no_tracking_env(monkeypatch):
+    """No MLFLOW_TRACKING_URI during the test, and none left after it: mlflow.set_tracking_uri
+    exports the variable, so a plain delenv would let the test's store leak into later tests."""
+    for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME"):
+        monkeypatch.setenv(var, "")  # remembers the original state for the teardown
+        monkeypatch.delenv(var)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch, no_tracking_env):
+    """An empty project folder whose sqlite store the tracking helpers use."""
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def _only_run(root: Path, experiment: str):
+    client = MlflowClient(f"sqlite:///{root / tracking.STORE}")
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_store_is_switched_to_wal_and_a_racing_creation_finds_the_experiment(store, monkeypatch):
+    import sqlite3
+
+    tracking.Tracker("race", "unet", store, system_metrics=False).end()
+    with sqlite3.connect(store / tracking.STORE) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # Another process creates the experiment between our lookup and our create.
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", _none_once(mlflow.get_experiment_by_name))
+    tracking.Tracker("race", "unpool", store, system_metrics=False).end()
+    client = MlflowClient(f"sqlite:///{store / tracking.STORE}")
+    runs = client.search_runs([client.get_experiment_by_name("race").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["unet", "unpool"]
+
+
+def _none_once(real):
+    calls = []
+
+    def lookup(name):
+        calls.append(name)
+        return None if len(calls) == 1 else real(name)
+
+    return lookup
+
+
+def test_a_busy_store_is_retried_and_other_errors_are_not(monkeypatch):
+    monkeypatch.setattr(tracking, "RETRY_DELAYS", (0, 0))
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise MlflowException("database is locked", TEMPORARILY_UNAVAILABLE)
+        return "ok"
+
+    assert tracking._retry(flaky) == "ok" and len(calls) == 3
+
+    def broken():
+        calls.append(1)
+        raise MlflowException("bad request")
+
+    calls.clear()
+    with pytest.raises(MlflowException, match="bad request"):
+        tracking._retry(broken)
+    assert len(calls) == 1
+
+
+def test_failure_before_any_run_creates_a_failed_run_with_the_error(store, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "reg-x-s0")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
+    with pytest.raises(ParamsError), tracking.failures_recorded("fail", "strided"):
+        raise ParamsError("params.yaml: train.label_smoothing = 1.5 is invalid")
+    run = _only_run(store, "fail")
+    assert run.info.status == "FAILED" and run.info.run_name == "strided"
+    assert run.data.tags["petseg.error"] == (
+        "ParamsError: params.yaml: train.label_smoothing = 1.5 is invalid"
+    )
+    assert run.data.tags["petseg.group"] == run.data.tags["dvc.exp_name"] == "reg-x-s0"
+    assert run.data.tags["dvc.baseline"] == "a" * 40 and run.data.tags["petseg.arch"] == "strided"
+
+
+@pytest.mark.parametrize("ended", [False, True], ids=["active", "ended-by-train"])
+def test_failure_after_the_run_started_marks_that_run(store, ended):
+    with pytest.raises(RuntimeError), tracking.failures_recorded("fail2", "unet"):
+        tracker = tracking.Tracker("fail2", "unet", store, system_metrics=False)
+        if ended:
+            tracker.end("FAILED")  # what train() does on its way out
+        raise RuntimeError("loss is nan")
+    run = _only_run(store, "fail2")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["petseg.error"] == "RuntimeError: loss is nan"
+    assert mlflow.active_run() is None
+
+
+def test_stage_with_an_invalid_param_leaves_a_failed_run(tmp_path):
+    params = {
+        "train": {"label_smoothing": 1.5},
+        "tracking": {"experiment": "bad", "system_metrics": False},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [
+        sys.executable, str(ROOT / "stages/train.py"), "--arch", "unpool",
+        "--params", "params.yaml", "--prepared", "nowhere", "--model", "m.pt",
+        "--metrics", "m.json", "--plot", "p.csv", "--checkpoints", "ckpt",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "train.label_smoothing = 1.5 is invalid" in proc.stderr
+    run = _only_run(tmp_path, "bad")
+    assert run.info.status == "FAILED" and run.info.run_name == "unpool"
+    assert "train.label_smoothing = 1.5 is invalid" in run.data.tags["petseg.error"]
+
+
+# ------------------------------------------------------------------------ the real sweep
+TINY = {
+    "data.source": "synthetic",
+    "data.synthetic.n_trainval": 40,
+    "data.synthetic.n_test": 12,
+    "data.synthetic.min_size": 48,
+    "data.synthetic.max_size": 64,
+    "preprocess.image_size": 32,
+    "preprocess.workers": 1,
+    **{f"models.{a}.depth": 2 for a in sweep.ARCHS},
+    **{f"models.{a}.base_width": 4 for a in sweep.ARCHS},
+    "train.epochs": 2,
+    "train.batch_size": 8,
+    "train.lr": 0.01,
+    "tracking.system_metrics": True,  # its thread writes to the store too
+    "tracking.log_model": True,
+    "evaluate.n_examples": 2,
+    "evaluate.original_resolution": False,
+}
+SWEPT = ["reg-baseline-s0", "reg-baseline-s1", "reg-dropout-s0", "reg-dropout-s1"]
+BROKEN = "broken"
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"
+    return env
+
+
+def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=1500)
+    assert not check or proc.returncode == 0, (
+        f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    )
+    return proc
+
+
+def _dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return _run([sys.executable, "-m", "dvc", *args], cwd, check)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A copy of the working tree in a fresh git+DVC repo, `dvc repro` on the tiny params, then a
+    hand-queued broken experiment and `python -m petseg.sweep run` over two variants x two seeds
+    with -j 2, then `dvc repro` for the report. Yields the project folder and the sweep output."""
+    dest = tmp_path_factory.mktemp("sweep") / "petseg"
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, check=True,
+    ).stdout.split(b"\0")  # fmt: skip
+    for name in filter(None, listed):
+        src = ROOT / os.fsdecode(name)
+        if src.is_file():
+            (dest / src.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / src.relative_to(ROOT))
+    preset = dest / "tiny.yaml"
+    preset.write_text(yaml.safe_dump(TINY))
+    apply_preset(preset, dest / "params.yaml")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], [*git, "commit", "-qm", "tiny"]):
+        subprocess.run(cmd, cwd=dest, check=True)
+    _dvc("repro", cwd=dest)  # the workspace results; the experiments reuse data via the run-cache
+    try:
+        _dvc("exp", "run", "--queue", "-n", BROKEN, "-S", "train.label_smoothing=1.5", cwd=dest)
+        out = _run(
+            [sys.executable, "-m", "petseg.sweep", "run", "--variants", "baseline", "dropout",
+             "--seeds", "0", "1", "-j", "2", "--poll", "2"],
+            dest,
+        )  # fmt: skip
+        _dvc("repro", cwd=dest)
+        yield dest, out.stdout
+    finally:
+        _dvc("queue", "stop", "--kill", cwd=dest, check=False)
+
+
+def _exp_show(project: Path) -> list[sweep.Experiment]:
+    return sweep.parse_exp_show(json.loads(_dvc("exp", "show", "--json", cwd=project).stdout))
+
+
+def _runs(project: Path):
+    client = MlflowClient(f"sqlite:///{project / tracking.STORE}")
+    exp = client.get_experiment_by_name("petseg")
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+@pytest.mark.slow
+def test_parallel_sweep_lands_every_run_in_the_one_store(swept, no_tracking_env):
+    project, output = swept
+    experiments = {e.name: e for e in _exp_show(project) if e.state == "success"}
+    assert sorted(experiments) == sorted(SWEPT)
+    for exp in experiments.values():
+        assert set(exp.summary["architectures"]) == set(sweep.ARCHS)
+
+    client, runs = _runs(project)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    swept_runs = [r for r in runs if r.data.tags.get("dvc.exp_name") in SWEPT]
+    assert sorted((r.data.tags["dvc.exp_name"], r.info.run_name) for r in swept_runs) == sorted(
+        (name, arch) for name in SWEPT for arch in sweep.ARCHS
+    )
+    for run in swept_runs:
+        tags = run.data.tags
+        assert run.info.status == "FINISHED", (tags["dvc.exp_name"], run.info.run_name)
+        assert tags["dvc.baseline"] == head and tags["petseg.group"] == tags["dvc.exp_name"]
+        assert tags["petseg.arch"] == run.info.run_name
+        assert any(k.startswith("system/") for k in run.data.metrics)  # the monitor thread logged
+        assert run.data.params["train.seed"] == tags["dvc.exp_name"][-1]
+    unet = next(r for r in swept_runs if r.info.run_name == "unet")
+    assert tracking.load_logged_model(unet.info.run_id, project) is not None
+
+    # The UI filters documented in the README.
+    group = client.search_runs([unet.info.experiment_id], "tags.petseg.group = 'reg-dropout-s1'")
+    assert sorted(r.info.run_name for r in group) == sorted(sweep.ARCHS)
+    across = client.search_runs(
+        [unet.info.experiment_id], f"tags.petseg.arch = 'unet' and tags.dvc.baseline = '{head}'"
+    )
+    assert {r.data.tags["dvc.exp_name"] for r in across} >= set(SWEPT)
+
+    # The workspace's own `dvc repro`: one group for its three runs.
+    repro = [r for r in runs if "dvc.exp_name" not in r.data.tags]
+    assert len(repro) == 3 and len({r.data.tags["petseg.group"] for r in repro}) == 1
+    assert repro[0].data.tags["petseg.group"].startswith("repro-")
+
+    logs = "".join(_dvc("queue", "logs", name, cwd=project).stdout for name in SWEPT)
+    assert "Running stage 'train_unet'" in logs
+    assert not re.search(r"database is locked|OperationalError|Traceback", logs)
+
+    diff = json.loads(
+        _dvc("plots", "diff", "reg-baseline-s0", "reg-dropout-s0", "--json", cwd=project).stdout
+    )
+    (curves,) = diff["data"]["Validation mIoU per epoch"]
+    assert curves["revisions"] == ["reg-baseline-s0", "reg-dropout-s0"]
+    revs = {row["rev"] for row in curves["content"]["data"]["values"]}
+    assert revs == {"reg-baseline-s0", "reg-dropout-s0"}
+
+
+@pytest.mark.slow
+def test_a_failed_experiment_shows_in_dvc_and_mlflow_while_the_others_complete(swept):
+    project, _ = swept
+    states = {e.name: e.state for e in _exp_show(project)}
+    assert states[BROKEN] == "failed"
+    assert all(states[name] == "success" for name in SWEPT)
+    status = _dvc("queue", "status", cwd=project).stdout
+    assert re.search(rf"^\S+\s+{BROKEN}\s.*\bFailed\s*$", status, re.MULTILINE), status
+    raw = json.loads(_dvc("exp", "show", "--json", cwd=project).stdout)
+    (entry,) = [e for e in raw[1]["experiments"] if e["name"] == BROKEN]
+    assert entry["revs"][0]["error"]["msg"] == "Experiment run failed"
+
+    _, runs = _runs(project)
+    failed = [r for r in runs if r.data.tags.get("dvc.exp_name") == BROKEN]
+    assert [(r.info.run_name, r.info.status) for r in failed] == [("strided", "FAILED")]
+    assert "train.label_smoothing = 1.5 is invalid" in failed[0].data.tags["petseg.error"]
+    logs = _dvc("queue", "logs", BROKEN, cwd=project).stdout
+    assert "train.label_smoothing = 1.5 is invalid" in logs
+
+
+class _Tables(HTMLParser):
+    """Text of each <table class=...> cell, by class."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self._table: list[list[str]] | None = None
+        self._cell: list[str] | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self._table = self.tables.setdefault(dict(attrs).get("class", ""), [])
+        elif tag == "tr" and self._table is not None:
+            self._table.append([])
+        elif tag in ("td", "th") and self._table is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._table[-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+@pytest.mark.slow
+def test_report_regularization_table_equals_dvc_exp_show(swept):
+    project, output = swept
+    assert "plots/experiments.csv: 12 rows from 4 experiments" in output
+    show = json.loads(_dvc("exp", "show", "--json", cwd=project).stdout)
+    miou: dict[tuple[str, str], list[float]] = {}
+    for exp in show[1]["experiments"]:  # read here without petseg.sweep
+        if exp["name"] in SWEPT and exp["executor"]["state"] == "success":
+            summary = exp["revs"][0]["data"]["metrics"]["metrics/summary.json"]["data"]
+            variant = exp["name"].split("-")[1]
+            for arch, metrics in summary["architectures"].items():
+                miou.setdefault((variant, arch), []).append(metrics["miou"])
+    expected = []
+    for (variant, arch), values in miou.items():
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        expected.append([variant, arch, f"{mean:.4f} ± {std:.4f}", "2"])
+
+    html = (project / "report/index.html").read_text(encoding="utf-8")
+    table = _Tables(html).tables["regularization"]
+    assert table[0] == ["Variant", "Architecture", "mIoU", "Runs"]
+    assert sorted(table[1:]) == sorted(expected)
+    assert [row[0] for row in table[1:]] == ["baseline"] * 3 + ["dropout"] * 3
+    assert (
+        'id="regularization"' in html and (project / "report/figures/regularization.png").exists()
+    )
