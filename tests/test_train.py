@@ -291,3 +291,21 @@ def test_image_size_not_divisible_by_depth_is_a_params_error(prepared, tmp_path)
     )
     assert proc.returncode == 2
     assert "models.unet.depth = 6" in proc.stderr and "preprocess.image_size is 32" in proc.stderr
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
+def test_scheduler_constant_is_flat_and_the_others_warm_up(schedule):
+    from petseg.train import _scheduler
+
+    params = TrainParams(lr=1e-3, schedule=schedule, warmup_fraction=0.2)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=params.lr)
+    scheduler = _scheduler(optimizer, params, total_steps=20)
+    lrs = []
+    for _ in range(20):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    if schedule == "constant":  # the plain-Adam baseline: lr from the first step to the last
+        assert lrs == [pytest.approx(1e-3)] * 20
+    else:
+        assert lrs[0] < 0.5e-3 and max(lrs) == pytest.approx(1e-3, rel=0.05) and lrs[-1] < 1e-4

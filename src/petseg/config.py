@@ -202,8 +202,14 @@ class TrainParams(_Section):
     weight_decay: float = Field(
         default=1e-4, ge=0, le=1, description="AdamW decoupled weight decay"
     )
-    schedule: Literal["onecycle", "cosine"] = "onecycle"
-    warmup_fraction: float = Field(default=0.1, ge=0, lt=1, description="Share of steps warming up")
+    schedule: Literal["onecycle", "cosine", "constant"] = Field(
+        default="onecycle",
+        description="onecycle | cosine (linear warm-up, then cosine decay) | constant (lr "
+        "throughout, no warm-up: a plain-Adam baseline)",
+    )
+    warmup_fraction: float = Field(
+        default=0.1, ge=0, lt=1, description="Share of steps warming up (not used by constant)"
+    )
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     class_weights: list[float] | None = Field(
         default=None, description="Cross-entropy weights for pet, background, border; null = equal"
