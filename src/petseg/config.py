@@ -70,10 +70,12 @@ class SyntheticParams(_Section):
     min_size: int = Field(default=160, ge=32, le=4096)
     max_size: int = Field(default=320, ge=32, le=4096)
     border_width: float = Field(
-        default=0.045,
+        default=0.052,
         gt=0,
         le=0.2,
-        description="Border band width as a fraction of the short side.",
+        description="Border band width as a fraction of the short side. 0.052 is the median of "
+        "the real trimaps in ../shared/data (border pixels per outline pixel over the short side, "
+        "measured alike on both; quartiles about 0.044-0.064).",
     )
 
     @model_validator(mode="after")
