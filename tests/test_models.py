@@ -409,3 +409,30 @@ def test_conv_block_rejects_bad_values_when_built_directly():
         conv_block(8, 8, block="dense")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="bottleneck must be >= 1"):
         conv_block(8, 8, bottleneck=0)
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize("block", ["plain", "residual", "separable"])
+def test_fused_inference_model_equals_the_model(name, block):
+    """BatchNorms folded into the convolutions: same outputs, no BatchNorm left, original intact."""
+    from torch import nn
+
+    from petseg.models import fuse_for_inference
+
+    torch.manual_seed(0)
+    params = ModelsParams.model_validate({name: {"base_width": 8, "depth": 2, "block": block}})
+    model = build_model(name, params)
+    model.train()
+    with torch.no_grad():  # non-trivial running statistics and affine parameters
+        model(torch.randn(4, 3, 32, 32))
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    fused = fuse_for_inference(model)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=1e-4)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) > 0
