@@ -196,9 +196,9 @@ class AugmentParams(_Section):
 class TrainParams(_Section):
     """Shared by the three train stages: the same recipe for every architecture."""
 
-    epochs: int = Field(default=30, ge=1, le=10_000)
+    epochs: int = Field(default=60, ge=1, le=10_000)
     batch_size: int = Field(
-        default=32, ge=1, le=4096, description="Per process (per GPU under DDP)"
+        default=8, ge=1, le=4096, description="Per process (per GPU under DDP)"
     )
     lr: float = Field(default=2e-3, gt=0, le=10, description="Peak learning rate of the schedule")
     weight_decay: float = Field(
@@ -216,7 +216,7 @@ class TrainParams(_Section):
     class_weights: list[float] | None = Field(
         default=None, description="Cross-entropy weights for pet, background, border; null = equal"
     )
-    dice_weight: float = Field(default=0.0, ge=0, le=10, description="Weight of a soft Dice term")
+    dice_weight: float = Field(default=1.0, ge=0, le=10, description="Weight of a soft Dice term")
     seed: int = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: int = Field(default=0, ge=0, le=1024, description="CPU threads; 0 = cores / processes")
