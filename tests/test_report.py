@@ -162,7 +162,7 @@ def write_outputs(root: Path, results: dict, experiments: list[dict] | None = No
 PARAMS = {
     "data": DataParams(source="synthetic"),
     "preprocess": PreprocessParams(image_size=64),
-    "train": TrainParams(epochs=3, seed=7),
+    "train": TrainParams(epochs=3, batch_size=32, seed=7),
     "models": ModelsParams(),
 }
 
