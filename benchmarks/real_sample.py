@@ -44,7 +44,6 @@ import csv
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -63,7 +62,7 @@ from petseg.evaluate import _device, predict, scores
 from petseg.fileio import atomic_write_json
 from petseg.metrics import confusion_matrix
 from petseg.models import ARCHITECTURES
-from petseg.train import TrainPaths, _fingerprint, load_trained, train
+from petseg.train import TrainPaths, _fingerprint, cpu_name, load_trained, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared/data/oxford-pets-sample"
@@ -245,16 +244,6 @@ def _median_epoch_seconds(plot: Path) -> float:
 
 
 # -------------------------------------------------------------------------------------- output
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def table(results: list[dict[str, Any]], seeds: list[int]) -> list[str]:
     head = (
         f"{'seed':>4}  {'arch':8} {'recipe':9} {'mIoU':>6} "

@@ -65,7 +65,6 @@ import copy
 import json
 import math
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -97,7 +96,7 @@ from petseg.data.prepared import MANIFEST, SPLITS
 from petseg.data.synthetic import generate
 from petseg.engine import Feed, autocast, make_loss, precision, train_one_epoch
 from petseg.models import build_model, gflops_per_image
-from petseg.train import Runtime, _epoch_order, _param_groups, _scheduler
+from petseg.train import Runtime, _epoch_order, _param_groups, _scheduler, cpu_name
 
 CPU = torch.device("cpu")
 GIB = 1024**3
@@ -768,16 +767,6 @@ def bench_memory(
 
 
 # ------------------------------------------------------------------------------------- main
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=128)

@@ -125,6 +125,10 @@ def _check(images: torch.Tensor, masks: torch.Tensor) -> None:
             f"images must be float (N, 3, H, W), got {images.dtype} {tuple(images.shape)}"
         )
     n, _, h, w = images.shape
+    _check_masks(masks, n, h, w)
+
+
+def _check_masks(masks: torch.Tensor, n: int, h: int, w: int) -> None:
     if masks.shape != (n, h, w) or masks.is_floating_point():
         raise ValueError(
             f"masks must be integer labels of shape {(n, h, w)}, got {masks.dtype} "
@@ -286,11 +290,7 @@ def make_batch(
             f"{tuple(images_u8.shape)}"
         )
     n, h, w, _ = images_u8.shape
-    if masks.shape != (n, h, w) or masks.is_floating_point():
-        raise ValueError(
-            f"masks must be integer labels of shape {(n, h, w)}, got {masks.dtype} "
-            f"{tuple(masks.shape)}"
-        )
+    _check_masks(masks, n, h, w)
     augment = params is not None and params.enabled and generator is not None
     masks = masks.long()
     if augment and generator.device.type != "cpu":
