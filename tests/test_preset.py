@@ -49,3 +49,13 @@ def test_unknown_key_and_invalid_value_leave_params_untouched(params, tmp_path):
     with pytest.raises(ParamsError, match=r"preprocess\.image_size = 50 is invalid"):
         apply_preset(bad, params)
     assert params.read_text() == before
+
+
+def test_a_preset_that_is_not_yaml_names_the_file(tmp_path):
+    from petseg.errors import ParamsError
+    from petseg.preset import read_preset
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train.epochs: [3\n")
+    with pytest.raises(ParamsError, match="bad.yaml: not valid YAML"):
+        read_preset(bad)

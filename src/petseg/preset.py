@@ -38,15 +38,24 @@ def _set(doc: Any, dotted: str, value: Any, source: str) -> bool:
     return True
 
 
+def read_preset(path: str | Path) -> dict[str, Any]:
+    """The overrides in preset file ``path``: a mapping of dotted params keys to values."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: preset file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of dotted keys to values")
+    return data
+
+
 def apply_preset(preset: str | Path, params: str | Path = "params.yaml") -> list[str]:
     """Apply ``preset`` to ``params``; return the dotted keys that changed."""
     preset, params = Path(preset), Path(params)
-    try:
-        overrides = yaml.safe_load(preset.read_text()) or {}
-    except FileNotFoundError:
-        raise ParamsError(f"{preset}: preset file not found") from None
-    if not isinstance(overrides, dict):
-        raise ParamsError(f"{preset}: expected a mapping of dotted keys to values")
+    overrides = read_preset(preset)
     rt = YAML()  # round-trip mode keeps comments and key order
     rt.preserve_quotes = True
     rt.indent(mapping=2, sequence=4, offset=2)

@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from ruamel.yaml import YAML
 
 from petseg import cli, config
 from petseg.errors import ParamsError, PetsegError
 from petseg.fileio import atomic_write_bytes
+from petseg.preset import read_preset
 
 ARCHS = tuple(config.ModelsParams.model_fields)  # strided, unpool, unet
 DROPOUT_KEYS = tuple(f"models.{a}.dropout" for a in ARCHS)
@@ -127,15 +127,7 @@ def _parse_sets(items: Iterable[str]) -> dict[str, Any]:
 
 
 def _read_preset(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: preset file not found") from None
-    if not isinstance(data, dict):
-        raise ParamsError(f"{path}: expected a mapping of dotted keys to values")
-    return data
+    return {} if path is None else read_preset(path)
 
 
 def _with(params: Mapping[str, Any], sets: Mapping[str, Any]) -> dict[str, Any]:
