@@ -1,4 +1,4 @@
-"""Benchmark: training throughput on CPU, as ratios measured in one run (not a test).
+"""Benchmark: training throughput (CPU, or ``--device cuda``), as ratios measured in one run.
 
 Every ratio compares two things timed in the same process, interleaved step by step (round
 robin), so that other jobs on the machine slow both sides alike; absolute images/s are context
@@ -47,6 +47,14 @@ only. Targets are printed as PASS/MISS, never asserted. Sections, in the order t
     written by ``petseg.data.synthetic.generate``. The naive side does no augmentation and no
     float conversion, so the ratio is a lower bound. Target >= 50x.
 
+On CUDA (``--device cuda``): models, resident batch and feed run on the GPU, with the arrays in
+GPU memory as ``train()`` holds them there (``petseg.engine.on_device``); every timed step is
+bracketed by ``torch.cuda.synchronize``; the ceilings of (b) are a bf16 8192^3 ``torch.mm``
+(cuBLAS) and the same product as a cuDNN 1x1 convolution, bf16 being what training runs in
+there; "feed ms" is the host time to queue the feed's kernels. (d) trains with
+``train.device: auto`` (so on the GPU) and also prints the GPU's peak allocated memory. Give
+the naive loader of (c) as many workers as the machine has cores (``--naive-workers 0,16``).
+
 Reading it: "best s" is the fastest timed step of a contender (the least disturbed by other
 jobs); "cores" = process CPU seconds / wall seconds of that step (about 2.0 with two threads on
 an idle 2-core machine; far less = other jobs had the cores). On a shared machine libgomp's
@@ -55,7 +63,7 @@ default spin-waiting makes multi-threaded steps very sensitive to other jobs; co
 
 Usage: python benchmarks/train_throughput.py [--size 128] [--batch 32] [--steps 3]
        [--archs strided,unpool,unet] [--explore unet] [--variants ...] [--threads 0]
-       [--parts abcd] [--json ratios.json]
+       [--device cpu|cuda] [--naive-workers 0,2] [--parts abcd] [--json ratios.json]
 """
 
 from __future__ import annotations
@@ -94,11 +102,12 @@ from petseg.config import (
 from petseg.data.oxford import image_path, read_list, trimap_path, trimap_to_labels
 from petseg.data.prepared import MANIFEST, SPLITS
 from petseg.data.synthetic import generate
-from petseg.engine import Feed, autocast, make_loss, precision, train_one_epoch
+from petseg.engine import Feed, autocast, make_loss, on_device, precision, train_one_epoch
 from petseg.models import build_model, gflops_per_image
 from petseg.train import Runtime, _epoch_order, _param_groups, _scheduler, cpu_name
 
 CPU = torch.device("cpu")
+DEV = CPU  # --device: where the models train (the feed's source arrays stay in host memory)
 GIB = 1024**3
 # The real set: 3,680 trainval (85 % train / 15 % val) + the rest as test = 7,390 images.
 REAL_SPLIT_SIZES = {"train": 3128, "val": 552, "test": 3710}
@@ -115,6 +124,12 @@ def mark(ok: bool) -> str:
 
 def load_str() -> str:
     return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def sync() -> None:
+    """Wait for the device: CUDA work is asynchronous, so a host clock needs this around it."""
+    if DEV.type == "cuda":
+        torch.cuda.synchronize(DEV)
 
 
 # ------------------------------------------------------------------------------ data on disk
@@ -210,15 +225,24 @@ def write_large_prepared(
 
 # ------------------------------------------------------------------------------ ceilings
 class Ceiling:
-    """Best float32 GEMM rate seen in this process, per thread count: MKL ``torch.mm`` and the
-    same product as a oneDNN 1x1 convolution (the library the model's convolutions use)."""
+    """Best GEMM rate seen in this process, per thread count: ``torch.mm`` and the same product
+    as a 1x1 convolution (the library the model's convolutions use: oneDNN on CPU, cuDNN on
+    CUDA). On CPU in float32 (MKL SGEMM); on CUDA in bf16, the precision training runs in there
+    (``train.bf16``), so the ratio is against the tensor cores' real bf16 rate."""
 
     def __init__(self, n: int = 4096) -> None:
+        cuda = DEV.type == "cuda"
+        n = 8192 if cuda else n  # a product large enough to fill a GPU
+        self.dtype = torch.bfloat16 if cuda else torch.float32
         self.flops = 2.0 * n**3
-        self.a, self.b, self.c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
-        side = math.isqrt(n)  # (1, n, 64, 64) x (n, n, 1, 1): the same n x n x n product
-        self.x = torch.randn(1, n, side, side).contiguous(memory_format=torch.channels_last)
-        self.w = torch.randn(n, n, 1, 1).contiguous(memory_format=torch.channels_last)
+        kw = {"device": DEV, "dtype": self.dtype}
+        self.a, self.b = torch.randn(n, n, **kw), torch.randn(n, n, **kw)
+        self.c = torch.empty(n, n, **kw)
+        side = math.isqrt(n) if not cuda else 64  # (1, n, 64, 64) x (n, n, 1, 1)
+        m = n if not cuda else n  # the same n x (side^2) x n product
+        self.flops_conv = 2.0 * n * m * side * side
+        self.x = torch.randn(1, m, side, side, **kw).contiguous(memory_format=torch.channels_last)
+        self.w = torch.randn(n, m, 1, 1, **kw).contiguous(memory_format=torch.channels_last)
         self.mm: dict[int, float] = {}
         self.onednn: dict[int, float] = {}
 
@@ -229,14 +253,20 @@ class Ceiling:
             if first:  # warm-up: MKL and oneDNN set up their kernels on the first call
                 torch.mm(self.a, self.b, out=self.c)
                 F.conv2d(self.x, self.w)
+            inner = 10 if DEV.type == "cuda" else 1  # one GPU product takes ~1 ms
             for _ in range(reps + first):
+                sync()
                 t = time.perf_counter()
-                torch.mm(self.a, self.b, out=self.c)
-                mm = self.flops / (time.perf_counter() - t) / 1e9
+                for _ in range(inner):
+                    torch.mm(self.a, self.b, out=self.c)
+                sync()
+                mm = inner * self.flops / (time.perf_counter() - t) / 1e9
                 self.mm[threads] = max(self.mm.get(threads, 0.0), mm)
                 t = time.perf_counter()
-                F.conv2d(self.x, self.w)
-                dnn = self.flops / (time.perf_counter() - t) / 1e9
+                for _ in range(inner):
+                    F.conv2d(self.x, self.w)
+                sync()
+                dnn = inner * self.flops_conv / (time.perf_counter() - t) / 1e9
                 self.onednn[threads] = max(self.onednn.get(threads, 0.0), dnn)
 
 
@@ -256,8 +286,10 @@ class Contender:
 
     def run(self) -> tuple[float, float, float]:
         torch.set_num_threads(self.threads)
+        sync()
         c0, t0 = time.process_time(), time.perf_counter()
         fed = self.step()
+        sync()
         return time.perf_counter() - t0, time.process_time() - c0, fed
 
     @property
@@ -279,7 +311,7 @@ def bare_step(
     bf16: bool = False,
 ) -> Callable[[], float]:
     def step() -> float:
-        with autocast(CPU, bf16):
+        with autocast(DEV, bf16):
             out = model(x)
         loss = loss_fn(out, y)
         optimizer.zero_grad(set_to_none=True)
@@ -308,13 +340,13 @@ def real_step(
         fed = [0.0]
 
         def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            t = time.perf_counter()
+            t = time.perf_counter()  # on CUDA: host time to queue the feed's kernels
             batch = feed.batch(images, masks, next(order), aug_gen)
             fed[0] = time.perf_counter() - t
             yield batch
 
         train_one_epoch(
-            model, batches(), 1, optimizer, scheduler, loss_fn, 1, bf16, CPU, progress=False
+            model, batches(), 1, optimizer, scheduler, loss_fn, 1, bf16, DEV, progress=False
         )
         return fed[0]
 
@@ -394,19 +426,19 @@ def bench_arch(
     p = TrainParams(batch_size=args.batch, threads=args.threads)
     models = ModelsParams()
     torch.manual_seed(p.seed)
-    model = build_model(arch, models, NUM_CLASSES).to(memory_format=torch.channels_last)
+    model = build_model(arch, models, NUM_CLASSES).to(DEV, memory_format=torch.channels_last)
     init_state = copy.deepcopy(model.state_dict())
     optimizer = torch.optim.AdamW(_param_groups(model, p.weight_decay), lr=p.lr)
     scheduler = _scheduler(optimizer, p, 1_000_000)
-    loss_fn = make_loss(p.class_weights, p.label_smoothing, p.dice_weight, CPU)
-    feed = Feed(CPU, p.channels_last, p.augment)
+    loss_fn = make_loss(p.class_weights, p.label_smoothing, p.dice_weight, DEV)
+    feed = Feed(DEV, p.channels_last, p.augment)
     order = epoch_orders(len(images), args.batch, p.seed)
     aug_gen = torch.Generator().manual_seed(p.seed * 7919 + 1)
     # The resident batch: pre-normalised, channels_last, no augmentation.
-    x, y = Feed(CPU, True).batch(images, masks, torch.arange(args.batch))
+    x, y = Feed(DEV, True).batch(images, masks, torch.arange(args.batch))
 
     t = args.threads
-    bf16 = precision(CPU, p.bf16) != "float32"  # as training runs it (train.bf16)
+    bf16 = precision(DEV, p.bf16) != "float32"  # as training runs it (train.bf16)
     tag = "bf16" if bf16 else "fp32"
     bare = Contender(
         f"bare eager channels_last {tag} (project)",
@@ -426,7 +458,7 @@ def bench_arch(
             m = build_model(arch, models, NUM_CLASSES)
             m.load_state_dict(init_state)
             fmt = torch.channels_last if v.channels_last else torch.contiguous_format
-            m = m.to(memory_format=fmt)
+            m = m.to(DEV, memory_format=fmt)
             opt = torch.optim.AdamW(
                 _param_groups(m, p.weight_decay), lr=p.lr, fused=True if v.fused else None
             )
@@ -469,12 +501,20 @@ def bench_arch(
 
 
 def report_ab(results: list[dict[str, Any]], ceiling: Ceiling, args: argparse.Namespace) -> dict:
-    print("\nGEMM ceilings, best seen (float32, 4096^3 product):")
-    for n in sorted(ceiling.mm):
-        print(
-            f"    {n} thread(s): torch.mm (MKL) {ceiling.mm[n]:6.1f} GFLOP/s, "
-            f"oneDNN 1x1 conv {ceiling.onednn[n]:6.1f} GFLOP/s"
-        )
+    if DEV.type == "cuda":
+        print("\nGEMM ceilings, best seen (bf16, 8192^3 product on the GPU):")
+        for n in sorted(ceiling.mm):
+            print(
+                f"    torch.mm (cuBLAS) {ceiling.mm[n]:8.1f} GFLOP/s, "
+                f"cuDNN 1x1 conv {ceiling.onednn[n]:8.1f} GFLOP/s"
+            )
+    else:
+        print("\nGEMM ceilings, best seen (float32, 4096^3 product):")
+        for n in sorted(ceiling.mm):
+            print(
+                f"    {n} thread(s): torch.mm (MKL) {ceiling.mm[n]:6.1f} GFLOP/s, "
+                f"oneDNN 1x1 conv {ceiling.onednn[n]:6.1f} GFLOP/s"
+            )
     head = (
         f"{'arch':8s} {'contender':48s} {'thr':>3s} {'best s':>7s} {'img/s':>6s} {'cores':>5s} "
         f"{'feed ms':>7s} {'GFLOP/s':>7s} {'/mm':>5s} {'/1x1':>5s} {'first s':>7s}"
@@ -575,11 +615,11 @@ def bench_feed(
     aug_gen = torch.Generator().manual_seed(0)
     project = "Feed.batch + augment (project)"
     feeds = {  # label: (feed, threads)
-        project: (Feed(CPU, True, AugmentParams()), args.threads),
-        "Feed.batch, no augment": (Feed(CPU, True, None), args.threads),
+        project: (Feed(DEV, True, AugmentParams()), args.threads),
+        "Feed.batch, no augment": (Feed(DEV, True, None), args.threads),
     }
-    if args.threads != 1:
-        feeds["Feed.batch + augment, 1 thread"] = (Feed(CPU, True, AugmentParams()), 1)
+    if args.threads != 1 and DEV.type == "cpu":
+        feeds["Feed.batch + augment, 1 thread"] = (Feed(DEV, True, AugmentParams()), 1)
     order = epoch_orders(len(images), args.batch, 0)
     n_batches = len(names) // args.batch
     # The naive loader reads real Oxford photos when they are here: decoding cost depends on the
@@ -601,14 +641,16 @@ def bench_feed(
             persistent_workers=w > 0,
             drop_last=True,
         )
-        for w in (0, 2)
+        for w in args.naive_workers
     }
 
     def feed_pass(feed: Feed, threads: int) -> float:
         torch.set_num_threads(threads)
+        sync()
         t = time.perf_counter()
         for _ in range(n_batches):
             feed.batch(images, masks, next(order), aug_gen)
+        sync()
         return time.perf_counter() - t
 
     def loader_pass(loader: DataLoader) -> float:
@@ -633,7 +675,8 @@ def bench_feed(
     n_naive = len(naive_names) // args.batch * args.batch
     rate = {k: (n if k in feeds else n_naive) / min(v) for k, v in runs.items()}
     print(
-        f"\n(c) batch feed ({n} images in memory) vs naive per-sample DataLoader over "
+        f"\n(c) batch feed ({n} images in {'GPU ' if DEV.type == 'cuda' else ''}memory) vs naive "
+        "per-sample DataLoader over "
         f"{n_naive} JPEGs in {naive_raw} (long side median {sides[len(sides) // 2]} px),"
     )
     print(f"    {args.size} px, batch {args.batch}, best of {args.feed_passes} interleaved passes")
@@ -700,6 +743,8 @@ def memory_child(spec: dict[str, Any]) -> None:
         "before_train_bytes": before,
         "seconds": time.perf_counter() - t,
         "train_images_per_s": result["train_images_per_s"],
+        "device": result.get("hardware", ""),
+        "cuda_peak_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0,
     }
     print("MEMORY-RESULT " + json.dumps(out), flush=True)
 
@@ -756,9 +801,12 @@ def bench_memory(
         print(
             f"(d) {arch:8s} peak RSS {peak:.2f} GiB (VmHWM; ru_maxrss {maxrss:.2f}"
             f" GiB; after imports, before train(): {res['before_train_bytes'] / GIB:.2f} GiB; "
-            f"child ran {res['seconds']:.0f} s) "
+            f"child ran {res['seconds']:.0f} s on {res['device']}) "
             f"(target <= {TARGETS['d_gib']} GiB) {mark(peak <= TARGETS['d_gib'])}"
         )
+        if res["cuda_peak_bytes"]:
+            gpu_peak = res["cuda_peak_bytes"] / GIB
+            print(f"    {arch:8s} peak GPU memory {gpu_peak:.2f} GiB (allocated)")
     print(
         "    (ru_maxrss survives fork+exec: a child of a big parent reports at least the parent's"
         " peak, hence VmHWM, and (d) runs first while this process is still small)"
@@ -787,6 +835,17 @@ def main() -> None:
         help="skip the real loop driving the first compiled channels_last variant",
     )
     parser.add_argument("--threads", type=int, default=0, help="0 = all available cores")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where (a)-(c) run models and feed; (d) trains with train.device auto",
+    )
+    parser.add_argument(
+        "--naive-workers",
+        default="0,2",
+        help="num_workers of the naive DataLoaders in (c), comma-separated (best one counts)",
+    )
     parser.add_argument("--images", type=int, default=256, help="synthetic raw pairs for (a)-(c)")
     parser.add_argument(
         "--raw-sides",
@@ -815,6 +874,11 @@ def main() -> None:
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     args.threads = args.threads or cores or 1
+    global DEV
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible")
+    DEV = torch.device(args.device)
+    args.naive_workers = [int(w) for w in args.naive_workers.split(",") if w.strip()]
     torch.set_num_threads(args.threads)
     for key in ("archs", "explore", "variants", "mem_archs"):
         setattr(args, key, [s for s in getattr(args, key).split(",") if s])
@@ -825,8 +889,9 @@ def main() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor-cache")
 
     t_start = time.perf_counter()
+    gpu = f", {torch.cuda.get_device_name(DEV)}" if DEV.type == "cuda" else ""
     print(
-        f"petseg train throughput: torch {torch.__version__}, {cpu_name()}, {cores} cores, "
+        f"petseg train throughput: torch {torch.__version__}, {cpu_name()}{gpu}, {cores} cores, "
         f"{args.threads} threads, size {args.size}, batch {args.batch}, {args.steps} timed steps "
         f"after {args.warmup} warm-up per contender"
     )
@@ -838,7 +903,8 @@ def main() -> None:
         raw = make_raw(work, args.images, (lo, hi))
         names = raw_names(raw)
         images_np, masks_np = decode_all(raw, names, args.size)
-        images, masks = torch.from_numpy(images_np), torch.from_numpy(masks_np)
+        # As train() holds them: host arrays on a CPU, copies in GPU memory on CUDA.
+        images, masks = on_device((torch.from_numpy(images_np), torch.from_numpy(masks_np)), DEV)
         summary: dict[str, Any] = {}
         if "d" in args.parts:  # first: a child inherits ru_maxrss from its parent
             summary["d"] = bench_memory(args, work, images_np, masks_np)

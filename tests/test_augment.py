@@ -262,3 +262,40 @@ def test_make_batch_rejects_bad_inputs():
         augment.make_batch(images.float(), masks, None, None)
     with pytest.raises(ValueError, match="masks"):
         augment.make_batch(images, masks[:, :16], AugmentParams(), gen())
+
+
+def test_on_device_keeps_host_arrays_on_a_cpu():
+    import numpy as np
+
+    from petseg.engine import on_device
+
+    a, b = np.zeros((3, 4, 4, 3), np.uint8), np.zeros((3, 4, 4), np.uint8)
+    out = on_device((a, b), torch.device("cpu"))
+    assert out[0] is a and out[1] is b
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_device_copies_row_readers_to_the_gpu_and_feed_gathers_there(tmp_path):
+    import numpy as np
+
+    from petseg.data.prepared import RowReader
+    from petseg.engine import Feed, on_device
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (7, 8, 8, 3), dtype=np.uint8)
+    masks = rng.integers(0, 3, (7, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "i.npy", images)
+    np.save(tmp_path / "m.npy", masks)
+    dev = torch.device("cuda")
+    gi, gm = on_device((RowReader(tmp_path / "i.npy"), RowReader(tmp_path / "m.npy")), dev, chunk=3)
+    assert gi.is_cuda and torch.equal(gi.cpu(), torch.from_numpy(images))
+    assert torch.equal(gm.cpu(), torch.from_numpy(masks))
+    idx = torch.tensor([5, 0, 3])
+    feed = Feed(dev, True)
+    x_gpu, y_gpu = feed.batch(gi, gm, idx)
+    x_cpu, y_cpu = Feed(torch.device("cpu"), True).batch(
+        torch.from_numpy(images), torch.from_numpy(masks), idx
+    )
+    torch.testing.assert_close(x_gpu.cpu(), x_cpu)
+    assert torch.equal(y_gpu.cpu(), y_cpu)

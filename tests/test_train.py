@@ -213,7 +213,7 @@ def test_killed_training_resumes_to_the_same_result(prepared, tmp_path):
 
 
 def test_ddp_two_processes_stay_in_sync_and_reduce_metrics(prepared, tmp_path):
-    work = _workdir(tmp_path, "ddp", {"epochs": 1, "batch_size": 4})
+    work = _workdir(tmp_path, "ddp", {"epochs": 1, "batch_size": 4, "device": "cpu"})  # gloo
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
@@ -309,3 +309,33 @@ def test_scheduler_constant_is_flat_and_the_others_warm_up(schedule):
         assert lrs == [pytest.approx(1e-3)] * 20
     else:
         assert lrs[0] < 0.5e-3 and max(lrs) == pytest.approx(1e-3, rel=0.05) and lrs[-1] < 1e-4
+
+
+def test_torchrun_with_one_process_takes_the_distributed_path(monkeypatch):
+    """Under torchrun even one process starts a process group and DDP (nccl on one GPU)."""
+    import torch.distributed as dist
+
+    from petseg.train import setup_runtime
+
+    env = {"TORCHELASTIC_RUN_ID": "t", "WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}
+    env |= {"LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    rt = setup_runtime(TrainParams(device="cpu", threads=1))
+    try:
+        assert rt.distributed and rt.world == 1 and dist.get_backend() == "gloo"
+    finally:
+        dist.destroy_process_group()
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    assert not setup_runtime(TrainParams(device="cpu", threads=1)).distributed
+
+
+def test_more_processes_than_gpus_is_a_params_error(monkeypatch):
+    from petseg.errors import ParamsError
+    from petseg.train import _pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert _pick_device("cuda", 0) == torch.device("cuda", 0)
+    with pytest.raises(ParamsError, match=r"LOCAL_RANK=1 .* 1 CUDA device.*--nproc-per-node"):
+        _pick_device("auto", 1)

@@ -37,7 +37,15 @@ from torch.nn.parallel import DistributedDataParallel
 from petseg import CLASSES, NUM_CLASSES, tracking
 from petseg.config import ArchParams, ModelsParams, TrackingParams, TrainParams
 from petseg.data.prepared import load_split, read_manifest
-from petseg.engine import Feed, Stopwatch, evaluate, make_loss, precision, train_one_epoch
+from petseg.engine import (
+    Feed,
+    Stopwatch,
+    evaluate,
+    make_loss,
+    on_device,
+    precision,
+    train_one_epoch,
+)
 from petseg.errors import DataError, ParamsError
 from petseg.fileio import atomic_write_bytes, atomic_write_json
 from petseg.metrics import iou_per_class, mean_iou, pixel_accuracy
@@ -73,6 +81,9 @@ class Runtime:
     world: int
     local_rank: int
     device: torch.device
+    # Launched by torchrun (a process group and DDP even for one process: the same code path as
+    # N processes, e.g. nccl on a single GPU) or with several processes.
+    distributed: bool = False
 
     @property
     def main(self) -> bool:
@@ -93,6 +104,12 @@ def _pick_device(choice: str, local_rank: int) -> torch.device:
             raise ParamsError(
                 "train.device = 'cuda' but no CUDA device is visible: use auto or cpu"
             )
+        if local_rank >= torch.cuda.device_count():
+            raise ParamsError(
+                f"train.device = {choice!r}: process LOCAL_RANK={local_rank} has no GPU of its "
+                f"own (this node shows {torch.cuda.device_count()} CUDA device(s)): start at most "
+                "that many processes per node (torchrun --nproc-per-node)"
+            )
         return torch.device("cuda", local_rank)
     if choice == "mps" and not torch.backends.mps.is_available():
         raise ParamsError("train.device = 'mps' but MPS is not available: use auto or cpu")
@@ -105,14 +122,15 @@ def setup_runtime(params: TrainParams) -> Runtime:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    distributed = world > 1 or "TORCHELASTIC_RUN_ID" in os.environ  # set by torchrun
     device = _pick_device(params.device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
+    if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch.set_num_threads(params.threads or max(1, (cores or 1) // local_world))
-    return Runtime(rank, world, local_rank, device)
+    return Runtime(rank, world, local_rank, device, distributed)
 
 
 def _fingerprint(arch: str, train: TrainParams, model: ArchParams, prepared: Path) -> str:
@@ -235,7 +253,7 @@ def _hardware(device: torch.device) -> str:
 
 def _sync_buffers(model: nn.Module, rt: Runtime) -> None:
     """Give every rank rank 0's BatchNorm running statistics, so all evaluate the same model."""
-    if rt.world > 1:
+    if rt.distributed:
         for buf in model.buffers():
             dist.broadcast(buf, 0)
 
@@ -245,7 +263,7 @@ def _weights_checksum(model: nn.Module) -> float:
 
 
 def _all_reduce(t: torch.Tensor, rt: Runtime) -> torch.Tensor:
-    if rt.world > 1:
+    if rt.distributed:
         dist.all_reduce(t)
     return t
 
@@ -268,8 +286,10 @@ def train(
     # Rows are read per batch (RowReader): resident memory does not grow with the data set.
     tr = load_split(paths.prepared, "train", stream=True)
     va = load_split(paths.prepared, "val", stream=True)
-    images, masks = tr.images, tr.masks
-    val_images, val_masks = va.images, va.masks
+    # On a GPU the splits move into its memory once (engine.on_device); on a CPU they stay put.
+    images, masks, val_images, val_masks = on_device(
+        (tr.images, tr.masks, va.images, va.masks), rt.device
+    )
     image_size = int(manifest["image_size"])
 
     steps = len(tr) // (p.batch_size * rt.world)
@@ -286,7 +306,7 @@ def train(
     model = build_model(arch, ModelsParams(**{arch: arch_params}), NUM_CLASSES).to(rt.device)
     if p.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    net: nn.Module = DistributedDataParallel(model) if rt.world > 1 else model
+    net: nn.Module = DistributedDataParallel(model) if rt.distributed else model
     optimizer = torch.optim.AdamW(_param_groups(model, p.weight_decay), lr=p.lr)
     scheduler = _scheduler(optimizer, p, p.epochs * steps)
     loss_fn = make_loss(p.class_weights, p.label_smoothing, p.dice_weight, rt.device)
@@ -367,7 +387,7 @@ def train(
                 state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                 best = {"miou": row["val_miou"], "epoch": epoch, "state": state}
             aug_states = [torch.empty(0, dtype=torch.uint8) for _ in range(rt.world)]
-            if rt.world > 1:
+            if rt.distributed:
                 dist.all_gather_object(aug_states, aug_gen.get_state())
             else:
                 aug_states[0] = aug_gen.get_state()
@@ -400,7 +420,7 @@ def train(
                     arch, epoch, p.epochs, row["train_loss"], row["val_loss"], row["val_miou"],
                     row["epoch_seconds"],
                 )  # fmt: skip
-            if rt.world > 1:
+            if rt.distributed:
                 dist.barrier()
     except BaseException:
         if tracker is not None:
@@ -425,7 +445,7 @@ def train(
         "threads": torch.get_num_threads(),
         "precision": precision(rt.device, p.bf16),
     }
-    if rt.world > 1:  # DDP keeps replicas identical; record the evidence
+    if rt.distributed:  # DDP keeps replicas identical; record the evidence
         sums = [0.0] * rt.world
         dist.all_gather_object(sums, _weights_checksum(model))
         result["weights_checksum_per_rank"] = sums
@@ -441,7 +461,7 @@ def train(
             )
         tracker.end("FINISHED")
         ckpt_path.unlink(missing_ok=True)
-    if rt.world > 1:
+    if rt.distributed:
         dist.barrier()
         dist.destroy_process_group()
     return result
