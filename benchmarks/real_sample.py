@@ -85,6 +85,7 @@ def baseline_train(default: TrainParams) -> TrainParams:
             "label_smoothing": 0.0,
             "class_weights": None,
             "dice_weight": 0.0,
+            "ema_epochs": 0.0,  # the plain weights, not an average
             "augment": {"enabled": True, "hflip": True, "scale": 0.0, "rotate": 0.0, "color": 0.0},
         }
     )
@@ -141,9 +142,10 @@ def describe(train_p: TrainParams, models: dict[str, ArchParams]) -> str:
         loss += f" + {train_p.dice_weight:g} x Dice"
     warm = "" if train_p.schedule == "constant" else f", warm-up {train_p.warmup_fraction:g}"
     dropout = ", ".join(sorted({f"{m.dropout:g}" for m in models.values()}))
+    ema = f"; weight EMA over {train_p.ema_epochs:g} epochs" if train_p.ema_epochs else ""
     return (
         f"AdamW lr {train_p.lr:g}, weight decay {train_p.weight_decay:g}, {train_p.schedule}"
-        f"{warm}; {loss}; augment {aug}; dropout {dropout}"
+        f"{warm}; {loss}; augment {aug}; dropout {dropout}{ema}"
     )
 
 

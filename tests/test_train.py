@@ -180,7 +180,8 @@ TIMING_KEYS = {"train_seconds", "train_images_per_s"}
 
 
 def test_killed_training_resumes_to_the_same_result(prepared, tmp_path):
-    over = {"epochs": 3, "augment": {"rotate": 15.0}}
+    # With a weight average: its state must survive the kill too.
+    over = {"epochs": 3, "augment": {"rotate": 15.0}, "ema_epochs": 1.0}
     full = _workdir(tmp_path, "full", over)
     subprocess.run(_stage_cmd("unet", full, prepared), cwd=full, env=_env(), check=True)
 
@@ -339,3 +340,40 @@ def test_more_processes_than_gpus_is_a_params_error(monkeypatch):
     assert _pick_device("cuda", 0) == torch.device("cuda", 0)
     with pytest.raises(ParamsError, match=r"LOCAL_RANK=1 .* 1 CUDA device.*--nproc-per-node"):
         _pick_device("auto", 1)
+
+
+def test_weight_average_is_what_is_validated_and_saved(prepared, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    track = TrackingParams(experiment="ema", system_metrics=False, log_model=False)
+    arch = ModelsParams.model_validate(TINY_MODELS).unet
+    val = load_split(prepared, "val", mmap=False)
+    best = {}
+    for ema in (0.0, 1.0):
+        paths = _paths(tmp_path / f"ema{ema:g}", "unet", prepared)
+        params = TrainParams(**{**TINY_TRAIN, "ema_epochs": ema})
+        result = train("unet", params, arch, track, paths, progress=False)
+        model, _ = load_trained(paths.model)
+        cm, _, _ = evaluate(
+            model, torch.from_numpy(val.images), torch.from_numpy(val.masks),
+            torch.arange(len(val)), Feed(torch.device("cpu"), True), 8, 3, None,
+            result["precision"] == "bf16-autocast",
+        )  # fmt: skip
+        # The saved weights are the ones whose validation picked the best epoch.
+        assert mean_iou(cm) == pytest.approx(result["best_val_miou"], rel=1e-5)
+        best[ema] = result["best_val_miou"]
+    assert best[0.0] != best[1.0]
+
+
+def test_weight_average_decay_follows_the_horizon_in_epochs():
+    from petseg.train import _weight_average
+
+    assert _weight_average(torch.nn.Linear(1, 1), 0.0, 10) is None
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = _weight_average(model, 2.0, 10)  # 20 steps: decay 0.95
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        ema.update_parameters(model)  # the first update copies
+        model.weight.fill_(3.0)
+        ema.update_parameters(model)
+    assert ema.module.weight.item() == pytest.approx(0.95 * 1.0 + 0.05 * 3.0)

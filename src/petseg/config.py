@@ -215,6 +215,14 @@ class TrainParams(_Section):
         default=None, description="Cross-entropy weights for pet, background, border; null = equal"
     )
     dice_weight: float = Field(default=1.0, ge=0, le=10, description="Weight of a soft Dice term")
+    ema_epochs: float = Field(
+        default=0.0,
+        ge=0,
+        le=1000,
+        description="Exponential moving average of the weights (and BatchNorm statistics) over "
+        "about this many epochs: validation, the best epoch and the saved model use the "
+        "average; 0 = off",
+    )
     seed: int = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: int = Field(default=0, ge=0, le=1024, description="CPU threads; 0 = cores / processes")

@@ -167,8 +167,11 @@ def train_one_epoch(
     device: torch.device,
     progress: bool = True,
     desc: str = "",
+    after_step: Callable[[], None] | None = None,
 ) -> float:
-    """One pass over ``batches``; returns the mean training loss; NaN/inf: DivergenceError."""
+    """One pass over ``batches``; returns the mean training loss; NaN/inf: DivergenceError.
+
+    ``after_step`` runs after every optimizer step (e.g. to update a weight average)."""
     model.train()
     total = 0.0
     bar = tqdm(total=steps, desc=desc, leave=False, disable=None if progress else True)
@@ -190,6 +193,8 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if after_step is not None:
+            after_step()
         total += value
         bar.update(1)
         bar.set_postfix(loss=f"{total / step:.4f}")

@@ -818,7 +818,13 @@ def setup_rows(
             "Optimisation",
             f"{train.epochs} epochs, batch {train.batch_size}, AdamW peak lr "
             f"{train.lr:g}, weight decay {train.weight_decay:g}, {train.schedule} schedule "
-            f"({train.warmup_fraction:.0%} warm-up)",
+            f"({train.warmup_fraction:.0%} warm-up)"
+            + (
+                f"; the models validated and kept are an exponential moving average of the "
+                f"weights over about {train.ema_epochs:g} epochs"
+                if train.ema_epochs
+                else ""
+            ),
         ),
         (
             "Loss",

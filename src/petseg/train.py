@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from petseg import CLASSES, NUM_CLASSES, tracking
 from petseg.config import ArchParams, ModelsParams, TrackingParams, TrainParams
@@ -258,6 +259,18 @@ def _sync_buffers(model: nn.Module, rt: Runtime) -> None:
             dist.broadcast(buf, 0)
 
 
+def _weight_average(model: nn.Module, epochs: float, steps: int) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and buffers over about ``epochs``
+    epochs of ``steps`` optimizer steps (decay 1 - 1 / (epochs x steps) per step), or None for 0.
+
+    Expressed in epochs, not as a per-step decay, so the same value means the same horizon on
+    the 117-image real sample (14 steps per epoch at batch 8) and on the full set (391)."""
+    if epochs <= 0:
+        return None
+    decay = 1.0 - 1.0 / max(1.0, epochs * steps)
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def _weights_checksum(model: nn.Module) -> float:
     return float(sum(p.detach().double().abs().sum() for p in model.parameters()))
 
@@ -307,6 +320,9 @@ def train(
     if p.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net: nn.Module = DistributedDataParallel(model) if rt.distributed else model
+    # What is validated, kept as the best epoch and saved: the model, or its weight average.
+    ema = _weight_average(model, p.ema_epochs, steps)
+    judged: nn.Module = ema.module if ema is not None else model
     optimizer = torch.optim.AdamW(_param_groups(model, p.weight_decay), lr=p.lr)
     scheduler = _scheduler(optimizer, p, p.epochs * steps)
     loss_fn = make_loss(p.class_weights, p.label_smoothing, p.dice_weight, rt.device)
@@ -323,6 +339,8 @@ def train(
     run_id, start_epoch, train_seconds = None, 1, 0.0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng"]["torch"])
@@ -355,11 +373,12 @@ def train(
             train_loss = train_one_epoch(
                 net, batches, steps, optimizer, scheduler, loss_fn, epoch, p.bf16, rt.device,
                 progress=progress and rt.main, desc=f"{arch} {epoch}/{p.epochs}",
+                after_step=None if ema is None else lambda: ema.update_parameters(model),
             )  # fmt: skip
             train_s = watch.elapsed()
-            _sync_buffers(model, rt)
+            _sync_buffers(judged, rt)
             cm, val_loss_sum, n_val = evaluate(
-                model, val_images, val_masks, torch.arange(rt.rank, len(va), rt.world),
+                judged, val_images, val_masks, torch.arange(rt.rank, len(va), rt.world),
                 eval_feed, p.batch_size, NUM_CLASSES, loss_fn, p.bf16,
             )  # fmt: skip
             sums = _all_reduce(
@@ -384,7 +403,7 @@ def train(
             history.append(row)
             train_seconds += row["epoch_seconds"]
             if row["val_miou"] > best["miou"]:
-                state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                state = {k: v.detach().cpu().clone() for k, v in judged.state_dict().items()}
                 best = {"miou": row["val_miou"], "epoch": epoch, "state": state}
             aug_states = [torch.empty(0, dtype=torch.uint8) for _ in range(rt.world)]
             if rt.distributed:
@@ -402,6 +421,7 @@ def train(
                         "fingerprint": fingerprint,
                         "epoch": epoch,
                         "model": model.state_dict(),
+                        "ema": None if ema is None else ema.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
                         "rng": {
