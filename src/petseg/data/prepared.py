@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from petseg.errors import DataError
 
@@ -65,7 +65,11 @@ class RowReader:
         return self.shape[0]
 
     def __getitem__(self, index: Any) -> Any:
-        as_tensor = isinstance(index, torch.Tensor)
+        # torch is not imported here: the preprocess stage never needs it (importing it costs a
+        # second and half a GB that every forked worker would share); an index can only be a
+        # tensor if the caller has imported torch already.
+        torch = sys.modules.get("torch")
+        as_tensor = torch is not None and isinstance(index, torch.Tensor)
         if not isinstance(index, slice):
             index = np.asarray(index)
         rows = np.arange(len(self))[index]
