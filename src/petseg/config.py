@@ -183,10 +183,10 @@ class AugmentParams(_Section):
     enabled: bool = Field(default=True, description="Master switch for all augmentations")
     hflip: bool = Field(default=True, description="Random horizontal flip (p = 0.5)")
     scale: float = Field(
-        default=0.25, ge=0.0, lt=1.0, description="Random zoom in [1-s, 1+s]; 0 = off"
+        default=0.15, ge=0.0, lt=1.0, description="Random zoom in [1-s, 1+s]; 0 = off"
     )
     rotate: float = Field(
-        default=10.0, ge=0.0, le=180.0, description="Random rotation in +-degrees; 0 = off"
+        default=5.0, ge=0.0, le=180.0, description="Random rotation in +-degrees; 0 = off"
     )
     color: float = Field(
         default=0.2, ge=0.0, le=1.0, description="Brightness/contrast/saturation jitter; 0 = off"
@@ -216,7 +216,7 @@ class TrainParams(_Section):
     )
     dice_weight: float = Field(default=1.0, ge=0, le=10, description="Weight of a soft Dice term")
     ema_epochs: float = Field(
-        default=0.0,
+        default=5.0,
         ge=0,
         le=1000,
         description="Exponential moving average of the weights (and BatchNorm statistics) over "
