@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from petseg.config import PreprocessParams
-from petseg.data.oxford import breed_of, load_image, read_list, trimap_to_labels
+from petseg.data.oxford import breed_of, load_image, load_pair, read_list, trimap_to_labels
 from petseg.data.prepared import SPLITS, load_split
 from petseg.data.preprocess import preprocess, split_trainval
 from petseg.errors import DataError
@@ -232,9 +232,21 @@ def broken_raw(pets_sample, tmp_path_factory):
     return _make_raw(root, files, GOOD_TRAINVAL + list(BROKEN)[:3], GOOD_TEST + list(BROKEN)[3:])
 
 
-def test_each_bad_file_is_skipped_with_its_reason(broken_raw, tmp_path):
-    params = PreprocessParams(image_size=SIZE, max_bad_fraction=1.0)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_each_bad_file_is_skipped_with_its_reason(broken_raw, tmp_path, workers):
+    params = PreprocessParams(image_size=SIZE, max_bad_fraction=1.0, workers=workers)
     manifest = preprocess(broken_raw, tmp_path / "out", params, progress=False)
+    # The rows of skipped files are dropped: every row is its manifest name's pair.
+    for split in SPLITS:
+        data = load_split(tmp_path / "out", split)
+        assert len(data.images) == len(data.masks) == manifest["counts"][split]
+        for row, name in enumerate(data.names):
+            pair = load_pair(broken_raw, name, SIZE, "convert")
+            assert np.array_equal(data.images[row], pair.image), (split, name)
+            assert np.array_equal(data.masks[row], pair.mask), (split, name)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        ["manifest.json", *(f"{s}_{k}.npy" for s in SPLITS for k in ("images", "masks"))]
+    )
     assert {s["name"]: s["reason"] for s in manifest["skipped"]} == BROKEN
     details = {s["name"]: s["detail"] for s in manifest["skipped"]}
     assert "truncated" in details["Broken_1"]

@@ -104,15 +104,31 @@ def split_paths(root: str | Path, split: str) -> tuple[Path, Path]:
     return root / f"{split}_images.npy", root / f"{split}_masks.npy"
 
 
-def save_split(root: str | Path, split: str, images: np.ndarray, masks: np.ndarray) -> None:
-    """Write one split's arrays (the caller writes into a temporary folder: fileio.atomic_dir)."""
-    if images.dtype != np.uint8 or masks.dtype != np.uint8:
-        raise ValueError("prepared arrays must be uint8")
-    if images.ndim != 4 or images.shape[-1] != 3 or masks.shape != images.shape[:3]:
-        raise ValueError(f"bad shapes: images {images.shape}, masks {masks.shape}")
+def create_split(root: str | Path, split: str, n: int, size: int) -> tuple[np.memmap, np.memmap]:
+    """Create a split's two ``.npy`` files for ``n`` rows at ``size`` px, returned as writable
+    memory maps (shared with forked processes: preprocess workers write their rows straight into
+    the files, so nothing is copied or saved afterwards)."""
     img_path, mask_path = split_paths(root, split)
-    np.save(img_path, images)
-    np.save(mask_path, masks)
+    fmt = np.lib.format
+    images = fmt.open_memmap(img_path, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+    masks = fmt.open_memmap(mask_path, mode="w+", dtype=np.uint8, shape=(n, size, size))
+    return images, masks
+
+
+def shrink_split(root: str | Path, split: str, keep: list[int], chunk: int = 256) -> None:
+    """Rewrite a split made by :func:`create_split` with only its rows ``keep`` (in that order),
+    ``chunk`` rows at a time through the page cache (not the whole split in memory)."""
+    for path in split_paths(root, split):
+        src = np.load(path, mmap_mode="r")
+        tmp = path.with_name(f".{path.name}.shrink")
+        dst = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=src.dtype, shape=(len(keep), *src.shape[1:])
+        )
+        for i in range(0, len(keep), chunk):
+            dst[i : i + chunk] = src[keep[i : i + chunk]]
+        dst.flush()
+        del src, dst
+        os.replace(tmp, path)
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:

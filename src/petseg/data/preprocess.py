@@ -5,9 +5,11 @@ training epoch at 128 px, so it is done once, in parallel, and training memory-m
 (format: :mod:`petseg.data.prepared`).
 
 Steps: read ``trainval.txt`` and ``test.txt``; split trainval into train/val, seeded and stratified
-by breed; decode and resize every pair in worker processes; record per-file problems as reasons
-(one bad file never crashes the stage) but stop when more than ``max_bad_fraction`` of the listed
-files are unusable; write arrays and ``manifest.json`` atomically (all or nothing).
+by breed; decode and resize every pair in worker processes, each row written straight into its
+split's ``.npy`` file; record per-file problems as reasons (one bad file never crashes the stage) but
+stop when more than ``max_bad_fraction`` of the listed files are unusable; drop the rows of skipped
+files and write ``manifest.json``, all in a temporary folder that replaces the output only when
+everything succeeded (all or nothing).
 
 The split is decided on the listed names before decoding, so a file that fails to decode never
 moves another file between train and val.
@@ -15,9 +17,8 @@ moves another file between train and val.
 
 from __future__ import annotations
 
+import bisect
 import logging
-import math
-import mmap
 import multiprocessing as mp
 import os
 import traceback
@@ -35,7 +36,7 @@ from tqdm import tqdm
 from petseg import CLASSES
 from petseg.config import PreprocessParams
 from petseg.data.oxford import SkipFile, breed_of, load_pair, read_list
-from petseg.data.prepared import MANIFEST, SPLITS, save_split
+from petseg.data.prepared import MANIFEST, SPLITS, create_split, shrink_split
 from petseg.data.split import split_trainval
 from petseg.errors import DataError
 from petseg.fileio import atomic_dir, atomic_write_json
@@ -68,17 +69,19 @@ def preprocess(
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     listed = _split_lists(raw_dir, params)
     names = [name for split in SPLITS for name in listed[split]]
-    images, masks, info, skipped = _decode_all(raw_dir, names, params, progress)
-    _check_bad_fraction(skipped, len(names), params.max_bad_fraction)
-
-    manifest = _manifest(listed, info, skipped, params)
-    index = {name: i for i, name in enumerate(names)}
     with atomic_dir(out_dir) as tmp:
+        # The workers write each decoded row straight into its split's .npy file.
+        outputs = [create_split(tmp, s, len(listed[s]), params.image_size) for s in SPLITS]
+        info, skipped = _decode_all(raw_dir, names, outputs, params, progress)
+        _check_bad_fraction(skipped, len(names), params.max_bad_fraction)
+        manifest = _manifest(listed, info, skipped, params)
+        del outputs  # unmapped before a file is rewritten
         for split, entry in manifest["splits"].items():
-            rows = _rows([index[name] for name in entry["names"]])
+            if entry["count"] < entry["listed"]:  # a skipped file left its row unset: drop it
+                position = {name: i for i, name in enumerate(listed[split])}
+                shrink_split(tmp, split, [position[name] for name in entry["names"]])
             counts = np.sum([info[name].label_counts for name in entry["names"]], axis=0)
             entry["class_frequencies"] = _class_frequencies(counts)
-            save_split(tmp, split, images[rows], masks[rows])
         atomic_write_json(tmp / MANIFEST, manifest)
     return manifest
 
@@ -116,44 +119,46 @@ def _workers(requested: int) -> int:
     return os.cpu_count() or 1
 
 
-# Output arrays of the running preprocess. Worker processes are forked after they are allocated
-# in shared memory, so workers write decoded rows straight into them: nothing is pickled back but
-# the small per-file records.
-_OUT: tuple[np.ndarray, np.ndarray] | None = None
+# Output arrays of the running preprocess: per split, the (images, masks) memory maps of its .npy
+# files, and the global row at which each split starts. Worker processes are forked after they are
+# mapped (shared, file-backed), so they write decoded rows straight into the files: nothing is
+# pickled back but the small per-file records, and nothing is copied or saved afterwards.
+_OUT: tuple[list[tuple[np.ndarray, np.ndarray]], list[int]] | None = None
 
 
 def _fork_available() -> bool:
     return "fork" in mp.get_all_start_methods()
 
 
-def _alloc(shape: tuple[int, ...], shared: bool) -> np.ndarray:
-    if not shared:
-        return np.empty(shape, np.uint8)
-    buf = mmap.mmap(-1, max(1, math.prod(shape)))  # anonymous, inherited by forked workers
-    return np.frombuffer(buf, np.uint8).reshape(shape)
-
-
 def _decode_all(
-    raw_dir: Path, names: list[str], params: PreprocessParams, progress: bool
-) -> tuple[np.ndarray, np.ndarray, dict[str, Info], list[Skipped]]:
-    """Decode every pair into preallocated arrays (row i = names[i]; skipped rows stay unset)."""
+    raw_dir: Path,
+    names: list[str],
+    outputs: list[tuple[np.ndarray, np.ndarray]],
+    params: PreprocessParams,
+    progress: bool,
+) -> tuple[dict[str, Info], list[Skipped]]:
+    """Decode every pair into ``outputs`` (global row i = names[i], split after split, each
+    split's rows in its arrays; rows of skipped files stay unset)."""
     global _OUT
-    size, workers = params.image_size, min(_workers(params.workers), max(1, len(names)))
-    shared = workers > 1 and _fork_available()
-    images = _alloc((len(names), size, size, 3), shared)
-    masks = _alloc((len(names), size, size), shared)
+    workers = min(_workers(params.workers), max(1, len(names)))
+    parallel = workers > 1 and _fork_available()
+    starts = [0]
+    for images, _ in outputs:
+        starts.append(starts[-1] + len(images))
     info: dict[str, Info] = {}
     skipped: list[Skipped] = []
     task = partial(
         _decode_rows, raw_dir, size=params.image_size, on_wrong_format=params.on_wrong_format
     )
     bar = tqdm(total=len(names), desc="preprocess", unit="img", disable=None if progress else True)
-    _OUT = (images, masks)
+    _OUT = (outputs, starts)
     try:
         with bar:
             rows = list(enumerate(names))
             results = (
-                _run_parallel(task, rows, workers, bar) if shared else _run_inline(task, rows, bar)
+                _run_parallel(task, rows, workers, bar)
+                if parallel
+                else _run_inline(task, rows, bar)
             )
     finally:
         _OUT = None
@@ -163,7 +168,7 @@ def _decode_all(
             skipped.append(result)
         else:
             info[result[0]] = result[1]
-    return images, masks, info, skipped
+    return info, skipped
 
 
 _Record = tuple[str, "Info"] | Skipped
@@ -262,7 +267,7 @@ def _decode_rows(
 ) -> list[_Record]:
     """Decode a few pairs into the shared output rows; problems become Skipped records."""
     assert _OUT is not None, "_decode_rows runs only inside _decode_all"
-    images, masks = _OUT
+    outputs, starts = _OUT
     results: list[_Record] = []
     for i, name in rows:
         try:
@@ -270,17 +275,12 @@ def _decode_rows(
         except SkipFile as exc:
             results.append(Skipped(name, exc.reason, exc.detail, row=i))
             continue
-        images[i], masks[i] = pair.image, pair.mask
+        k = bisect.bisect_right(starts, i) - 1  # the split holding global row i
+        images, masks = outputs[k]
+        images[i - starts[k]], masks[i - starts[k]] = pair.image, pair.mask
         counts = np.bincount(pair.mask.ravel(), minlength=len(CLASSES))
         results.append((name, Info(pair.original_hw, pair.notes, i, tuple(counts.tolist()))))
     return results
-
-
-def _rows(rows: list[int]) -> slice | list[int]:
-    """Increasing row numbers as a slice when contiguous (no copy), else as an index list."""
-    if rows and rows[-1] - rows[0] + 1 == len(rows):
-        return slice(rows[0], rows[-1] + 1)
-    return rows
 
 
 def _check_bad_fraction(skipped: list[Skipped], n_listed: int, max_fraction: float) -> None:
