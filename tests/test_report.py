@@ -434,6 +434,7 @@ def test_prediction_grid_is_explained(strided_report):
     _, html, markdown = strided_report
     for text in (html, markdown):
         assert "input | ground truth | strided | unpool | unet" in text
+        assert "Under each prediction, its error map" in text and "red (#d7191c)" in text
         assert "pet orange" in text.replace(" (orange)", " orange")
         assert "img_1: min mIoU 0.42" in text
     for colour in LEGEND.values():

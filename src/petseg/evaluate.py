@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from petseg import CLASSES, NUM_CLASSES
+from petseg import CLASSES, ERROR_COLOUR, NUM_CLASSES
 from petseg import PALETTE as CLASS_COLOURS
 from petseg.config import EvaluateParams
 from petseg.data import coco
@@ -191,14 +191,31 @@ def choose_examples(per_image: dict[str, np.ndarray], n: int) -> list[int]:
     return sorted(set(hardest) | set(fixed[: n - n_hard]), key=lambda i: (i not in hardest, i))
 
 
+def error_map(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """The input dimmed to grey, every pixel whose predicted label is wrong in red."""
+    grey = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    out = np.repeat((40 + 0.45 * grey).astype(np.uint8)[..., None], 3, axis=2)
+    out[pred != truth] = ERROR_COLOUR
+    return out
+
+
 def grid_row(
     image: np.ndarray, truth: np.ndarray, preds: list[np.ndarray], scale: int
 ) -> Image.Image:
-    """input | ground truth | one prediction per architecture, side by side."""
-    tiles = [image, PALETTE[truth]] + [PALETTE[p] for p in preds]
-    sep = np.full((image.shape[0], 2, 3), 255, dtype=np.uint8)
-    row = np.concatenate([t for tile in tiles for t in (tile, sep)][:-1], axis=1)
-    pil = Image.fromarray(row)
+    """Two lines: input | ground truth | one prediction per architecture, side by side, and
+    under each prediction its error map (:func:`error_map`); white under input and truth."""
+    h, w, _ = image.shape
+    blank = np.full_like(image, 255)
+    top = [image, PALETTE[truth]] + [PALETTE[p] for p in preds]
+    bottom = [blank, blank] + [error_map(image, truth, p) for p in preds]
+    sep = np.full((h, 2, 3), 255, dtype=np.uint8)
+
+    def line(tiles: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([t for tile in tiles for t in (tile, sep)][:-1], axis=1)
+
+    upper = line(top)
+    gap = np.full((2, upper.shape[1], 3), 255, dtype=np.uint8)
+    pil = Image.fromarray(np.concatenate([upper, gap, line(bottom)], axis=0))
     return pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST)
 
 

@@ -29,7 +29,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from petseg import CLASSES, PALETTE
+from petseg import CLASSES, ERROR_COLOUR, PALETTE
 from petseg.config import DataParams, ModelsParams, PreprocessParams, TrainParams
 from petseg.errors import DataError
 from petseg.fileio import atomic_dir
@@ -43,6 +43,7 @@ SAME_SPEED = 0.05
 
 # Colours of the prediction grids, as hex for the legend.
 LEGEND = {c: "#{:02x}{:02x}{:02x}".format(*rgb) for c, rgb in zip(CLASSES, PALETTE, strict=True)}
+ERROR_HEX = "#{:02x}{:02x}{:02x}".format(*ERROR_COLOUR)
 LEGEND_WORDS = {"pet": "orange", "background": "dark grey", "border": "pale yellow"}
 
 SOURCES = {
@@ -871,9 +872,10 @@ NO_REG = (
 def _grid_intro(archs: Sequence[str]) -> str:
     order = " | ".join(["input", "ground truth", *archs])
     return (
-        f"Each row: {order}. Rows are the evaluate stage's examples (fixed test images and the "
-        "hardest ones); the caption gives the image name and its lowest per-image mIoU over "
-        "the architectures."
+        f"Each row: {order}. Under each prediction, its error map: the input dimmed to grey, "
+        f"every wrongly labelled pixel in red ({ERROR_HEX}). Rows are the evaluate stage's "
+        "examples (fixed test images and the hardest ones); the caption gives the image name "
+        "and its lowest per-image mIoU over the architectures."
     )
 
 

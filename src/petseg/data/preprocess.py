@@ -6,10 +6,10 @@ training epoch at 128 px, so it is done once, in parallel, and training memory-m
 
 Steps: read ``trainval.txt`` and ``test.txt``; split trainval into train/val, seeded and stratified
 by breed; decode and resize every pair in worker processes, each row written straight into its
-split's ``.npy`` file; record per-file problems as reasons (one bad file never crashes the stage) but
-stop when more than ``max_bad_fraction`` of the listed files are unusable; drop the rows of skipped
-files and write ``manifest.json``, all in a temporary folder that replaces the output only when
-everything succeeded (all or nothing).
+split's ``.npy`` file; record per-file problems as reasons (one bad file never crashes the stage)
+but stop when more than ``max_bad_fraction`` of the listed files are unusable; drop the rows of
+skipped files and write ``manifest.json``, all in a temporary folder that replaces the output only
+when everything succeeded (all or nothing).
 
 The split is decided on the listed names before decoding, so a file that fails to decode never
 moves another file between train and val.
