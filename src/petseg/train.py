@@ -48,7 +48,7 @@ from petseg.engine import (
     train_one_epoch,
 )
 from petseg.errors import DataError, ParamsError
-from petseg.fileio import atomic_write_bytes, atomic_write_json
+from petseg.fileio import atomic_file, atomic_write_bytes, atomic_write_json
 from petseg.metrics import iou_per_class, mean_iou, pixel_accuracy
 from petseg.models import build_model, count_params, gflops_per_image
 
@@ -179,9 +179,10 @@ def _scheduler(
 
 # ------------------------------------------------------------------------------- checkpoints
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    # Streamed to the file: an in-memory copy (two, with BytesIO.getvalue) of model, weight
+    # average and optimizer state would sit on top of training's memory peak.
+    with atomic_file(path) as fh:
+        torch.save(state, fh)
 
 
 def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
@@ -496,19 +497,18 @@ def _write_outputs(
     paths: TrainPaths,
 ) -> None:
     """models/<arch>.pt (weights + config, loadable with weights_only=True) and metrics JSON."""
-    buf = io.BytesIO()
-    torch.save(
-        {
-            "arch": arch,
-            "params": arch_params.model_dump(),
-            "num_classes": NUM_CLASSES,
-            "classes": list(CLASSES),
-            "image_size": image_size,
-            "state_dict": state,
-        },
-        buf,
-    )
-    atomic_write_bytes(paths.model, buf.getvalue())
+    with atomic_file(paths.model) as fh:
+        torch.save(
+            {
+                "arch": arch,
+                "params": arch_params.model_dump(),
+                "num_classes": NUM_CLASSES,
+                "classes": list(CLASSES),
+                "image_size": image_size,
+                "state_dict": state,
+            },
+            fh,
+        )
     atomic_write_json(paths.metrics, result)
 
 
