@@ -4,16 +4,23 @@ Every ratio compares two things timed in the same process, interleaved step by s
 robin), so that other jobs on the machine slow both sides alike; absolute images/s are context
 only. Targets are printed as PASS/MISS, never asserted. Sections, in the order they run:
 
-(d) peak memory: peak RSS of a fresh ``python`` child that runs the project's real ``train()`` at
-    ``--size`` / ``--batch`` on a prepared set as large as the real one (7,390 images: tiled
-    synthetic content in the real prepared format, with a manifest; MLflow to a sqlite store in
-    the work folder; log_model and system metrics off). The run is limited by monkeypatching
-    inside the child only: ``petseg.train._epoch_order`` keeps its first ``--mem-steps`` rows and
-    ``petseg.train.evaluate`` sees the first ``--mem-val-batches`` validation batches; everything
-    else (train/val rows read per batch, model, AdamW state, scheduler, checkpoint, MLflow run) is
-    the real code path. Peak = VmHWM of the child; ru_maxrss is printed too, but Linux carries
-    ru_maxrss over fork+exec, so a child of a big parent would report the parent's peak: that
-    is why (d) runs first, while this process is small. Target <= 2 GiB.
+(d) peak memory: peak RSS of a fresh ``python`` child that runs the project's real ``train()``
+    at ``--size`` with params.yaml's ``train`` and ``models`` defaults, once per
+    ``--mem-batches`` (default: params.yaml's ``train.batch_size``, 8, which is the training
+    ``dvc repro`` runs and carries the verdict, and ``--batch`` for context), for every
+    ``--mem-archs``, on a prepared set as large as the real one (7,390 images: tiled synthetic
+    content in the real prepared format, with a manifest; MLflow to a sqlite store in the work
+    folder; log_model and system metrics off). The run is limited by monkeypatching inside the
+    child only: ``petseg.train._epoch_order`` keeps its first ``--mem-steps`` rows and
+    ``petseg.train.evaluate`` sees the first ``--mem-val-batches`` validation batches;
+    everything else (train/val rows read per batch, model, AdamW state, scheduler, checkpoint,
+    MLflow run) is the real code path. Peak = VmHWM of the child; ru_maxrss is printed too, but
+    Linux carries ru_maxrss over fork+exec, so a child of a big parent would report the parent's
+    peak: that is why (d) runs first, while this process is small. Target <= 2 GiB. About 0.64
+    GiB is resident before training starts (the CUDA build of torch alone is 0.5 GiB on import,
+    MLflow 0.15 GiB); the rest is the model's saved activations, which grow with the batch (unet
+    at width 32: about 26 MB per image in bf16), AdamW state, the weight average and glibc's
+    heap.
 (a) feed overhead: images/s of the REAL training loop -- ``Feed.batch`` from uint8 tensors,
     ``augment_batch`` with the default AugmentParams, then ``engine.train_one_epoch`` with the
     project's loss, parameter groups, AdamW and scheduler -- divided by images/s of the BARE step
@@ -689,7 +696,12 @@ def bench_feed(
         f"(c) Feed.batch+augment / best naive DataLoader = {ratio:.1f}x "
         f"(target >= {TARGETS['c']:.0f}x) {mark(ratio >= TARGETS['c'])}"
     )
-    return {"c": ratio, "rates": rate}
+    floor = rate["Feed.batch, no augment"] / naive
+    print(
+        f"    ceiling: Feed.batch without augmentation / best naive = {floor:.1f}x (gathering the "
+        "rows and writing the float batch alone; no augmenting feed can beat it)"
+    )
+    return {"c": ratio, "c_no_augment": floor, "rates": rate}
 
 
 # ---------------------------------------------------------------------------- (d) memory
@@ -764,7 +776,8 @@ def bench_memory(
         f"\n(d) peak RSS of the real train() in a fresh process: {sum(REAL_SPLIT_SIZES.values())} "
         f"images at {args.size} px ({array_bytes / GIB:.2f} GiB of arrays on disk, "
         f"{loaded / GIB:.2f} GiB of them train/val, read row by row by train()), "
-        f"batch {args.batch};"
+        f"batch {', '.join(map(str, args.mem_batches))} (the verdict is the batch of "
+        f"params.yaml, {TrainParams().batch_size}: the training `dvc repro` runs);"
     )
     print(
         f"    limited to {args.mem_steps} train steps and {args.mem_val_batches} validation "
@@ -773,17 +786,18 @@ def bench_memory(
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}")
     env["PYTHONWARNINGS"] = "ignore"
     out: dict[str, Any] = {}
-    for arch in args.mem_archs:
+    default_batch = TrainParams().batch_size  # params.yaml's: what `dvc repro` trains with
+    for arch, batch in [(a, b) for a in args.mem_archs for b in args.mem_batches]:
         spec = {
             "arch": arch,
             "work": str(work),
             "prepared": str(prepared),
             "steps": args.mem_steps,
             "val_batches": args.mem_val_batches,
-            "batch": args.batch,
+            "batch": batch,
             "threads": args.threads,
         }
-        log(f"(d) {arch}: training in a child process")
+        log(f"(d) {arch}, batch {batch}: training in a child process")
         proc = subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), "--memory-child", json.dumps(spec)],
             cwd=work,  # MLflow's artifact folder and the git lookup stay in the work folder
@@ -798,16 +812,18 @@ def bench_memory(
             continue
         res = json.loads(line.split(" ", 1)[1])
         peak, maxrss = res["peak_bytes"] / GIB, res["maxrss_bytes"] / GIB
-        out[arch] = peak
+        out[f"{arch}@{batch}"] = peak
+        role = "params.yaml's train.batch_size" if batch == default_batch else "context"
         print(
-            f"(d) {arch:8s} peak RSS {peak:.2f} GiB (VmHWM; ru_maxrss {maxrss:.2f}"
-            f" GiB; after imports, before train(): {res['before_train_bytes'] / GIB:.2f} GiB; "
+            f"(d) {arch:8s} batch {batch:3d} ({role}) peak RSS {peak:.2f} GiB (VmHWM; "
+            f"ru_maxrss {maxrss:.2f} GiB; after imports, before train(): "
+            f"{res['before_train_bytes'] / GIB:.2f} GiB; "
             f"child ran {res['seconds']:.0f} s on {res['device']}) "
             f"(target <= {TARGETS['d_gib']} GiB) {mark(peak <= TARGETS['d_gib'])}"
         )
         if res["cuda_peak_bytes"]:
             gpu_peak = res["cuda_peak_bytes"] / GIB
-            print(f"    {arch:8s} peak GPU memory {gpu_peak:.2f} GiB (allocated)")
+            print(f"    {arch:8s} batch {batch:3d} peak GPU memory {gpu_peak:.2f} GiB (allocated)")
     print(
         "    (ru_maxrss survives fork+exec: a child of a big parent reports at least the parent's"
         " peak, hence VmHWM, and (d) runs first while this process is still small)"
@@ -860,7 +876,13 @@ def main() -> None:
         default=Path(__file__).resolve().parents[2] / "shared/data/oxford-pets-sample",
         help="real photos in the official layout for the naive loader of (c); absent: synthetic",
     )
-    parser.add_argument("--mem-archs", default="unet")
+    parser.add_argument("--mem-archs", default="strided,unpool,unet")
+    parser.add_argument(
+        "--mem-batches",
+        default=None,
+        help="batch sizes for (d), comma-separated (default: params.yaml's train.batch_size and "
+        "--batch)",
+    )
     parser.add_argument("--mem-steps", type=int, default=2)
     parser.add_argument("--mem-val-batches", type=int, default=2)
     parser.add_argument("--parts", default="abcd", help="sections to run; a and b run together")
@@ -884,6 +906,8 @@ def main() -> None:
     for key in ("archs", "explore", "variants", "mem_archs"):
         setattr(args, key, [s for s in getattr(args, key).split(",") if s])
     args.variants = [Variant.parse(v) for v in args.variants]
+    batches = args.mem_batches or f"{TrainParams().batch_size},{args.batch}"
+    args.mem_batches = list(dict.fromkeys(int(b) for b in batches.split(",") if b.strip()))
     work = args.workdir or Path(tempfile.mkdtemp(prefix="petseg-train-throughput-"))
     work.mkdir(parents=True, exist_ok=True)
     if not args.warm_compile_cache:  # compile time from a cold cache, as a first training run
