@@ -19,11 +19,11 @@ network's resolution (one dataset-wide confusion matrix). MLflow logs to a sqlit
 work folder (experiments ``real-sample-default`` / ``real-sample-baseline``), without models or
 system metrics. The verdict per architecture is default - baseline mIoU, PASS when >= 0.03.
 
-Budget (one sitting per seed): 2 recipes x 3 architectures at 128 px with params.yaml's 30
-epochs. A smoke test on a shared 2-core AMD EPYC (load average 6-8 from other jobs, bf16 autocast)
-measured a median 15-23 s per epoch at width 32 and 9-17 s at width 16 (train + validation,
-117 + 29 images), i.e. about 10 min per run and 1 h per seed at width 32, 40 min with
-``--width 16``; an idle machine is faster (benchmarks/RESULTS.md has the figures).
+Budget (one sitting per seed): 2 recipes x 3 architectures at 128 px with params.yaml's 120
+epochs (batch 8: 14 optimizer steps per epoch). On an idle 2-core AMD EPYC (Zen 5, bf16 autocast)
+an epoch (train + validation, 117 + 29 images) takes about 2.9 s for strided and unpool and 3.5 s
+for unet at width 32: 6-7 min per run, about 40 min per seed for all six runs. ``--width 16`` or
+``--epochs`` make a cheaper (but different) comparison; benchmarks/RESULTS.md has the figures.
 
 Resumable: every run has its own folder under ``--workdir``, ``<recipe>-<arch>-s<seed>-<fp>``,
 where ``fp`` is train()'s resume fingerprint (train and model params, prepared data). A finished

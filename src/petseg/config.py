@@ -196,7 +196,7 @@ class AugmentParams(_Section):
 class TrainParams(_Section):
     """Shared by the three train stages: the same recipe for every architecture."""
 
-    epochs: int = Field(default=60, ge=1, le=10_000)
+    epochs: int = Field(default=120, ge=1, le=10_000)
     batch_size: int = Field(default=8, ge=1, le=4096, description="Per process (per GPU under DDP)")
     lr: float = Field(default=2e-3, gt=0, le=10, description="Peak learning rate of the schedule")
     weight_decay: float = Field(
