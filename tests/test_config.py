@@ -46,6 +46,7 @@ def test_committed_params_are_valid_and_complete():
             {"train": {"augment": {"rotat": 5}}},
             "unknown key train.augment.rotat (allowed here: color",
         ),
+        ({"evaluate": {"bootstrap": -1}}, "evaluate.bootstrap = -1 is invalid"),
     ],
 )
 def test_bad_values_name_the_key(raw, expected):

@@ -1,11 +1,20 @@
-"""The prediction grids of the evaluate stage: predictions and their error maps."""
+"""The evaluate stage's pure parts: prediction grids with error maps, per-image confusion
+matrices and the paired bootstrap intervals behind the report's comparisons."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from petseg import ERROR_COLOUR, PALETTE
-from petseg.evaluate import error_map, grid_row
+from petseg import ERROR_COLOUR, NUM_CLASSES, PALETTE
+from petseg.evaluate import (
+    bootstrap_intervals,
+    error_map,
+    grid_row,
+    per_image_confusion,
+    per_image_miou,
+)
+from petseg.metrics import confusion_matrix, mean_iou
 
 
 def _case(seed: int = 0):
@@ -43,3 +52,52 @@ def test_grid_row_has_predictions_above_their_error_maps():
     assert np.all(bottom[:, : col[1] + w] == 255)  # nothing under input and truth
     assert np.array_equal(bottom[:, col[2] : col[2] + w], error_map(image, truth, truth))
     assert np.array_equal(bottom[:, col[3] : col[3] + w], error_map(image, truth, pred))
+
+
+# ------------------------------------------------------------- per-image scores and bootstrap
+def _predictions(seed: int, n: int = 40, accuracy: float = 0.8):
+    rng = np.random.default_rng(seed)
+    masks = rng.integers(0, 3, (n, 12, 10)).astype(np.uint8)
+    noise = rng.integers(0, 3, masks.shape)
+    pred = np.where(rng.random(masks.shape) < accuracy, masks, noise).astype(np.int64)
+    return pred, masks
+
+
+def test_per_image_confusion_sums_to_the_dataset_matrix_and_gives_each_images_miou():
+    pred, masks = _predictions(0)
+    masks[1] = 255  # an unlabelled image: skipped, like confusion_matrix skips it
+    masks[2], pred[2] = 0, 0  # one class only: the other two are left out of its mean
+    cms = per_image_confusion(pred, masks, chunk=7)  # chunks that do not divide the images
+    whole = confusion_matrix(torch.from_numpy(pred), torch.from_numpy(masks), NUM_CLASSES)
+    assert cms.shape == (40, 3, 3)
+    assert np.array_equal(cms.sum(0), whole.numpy())
+    expected = [
+        mean_iou(confusion_matrix(torch.from_numpy(p), torch.from_numpy(t), NUM_CLASSES))
+        for p, t in zip(pred, masks, strict=True)
+    ]
+    got = per_image_miou(pred, masks)
+    assert np.allclose(got, expected, equal_nan=True)
+    assert np.isnan(got[1]) and got[2] == 1.0
+
+
+def test_bootstrap_interval_separates_a_clearly_better_model_and_not_a_copy():
+    pred_good, masks = _predictions(0, accuracy=0.9)
+    pred_bad = np.where(np.random.default_rng(1).random(masks.shape) < 0.6, masks, 0)
+    cms = {
+        "unet": per_image_confusion(pred_good, masks),
+        "strided": per_image_confusion(pred_bad, masks),
+        "copy": per_image_confusion(pred_good, masks),
+    }
+    iv = bootstrap_intervals(cms, resamples=600, seed=3)
+    assert iv["level"] == 0.95 and iv["resamples"] == 600 and iv["over"] == "40 test images"
+    assert set(iv["diff"]) == {"unet-strided", "unet-copy", "strided-copy"}
+    point = mean_iou(cms["unet"].sum(0)) - mean_iou(cms["strided"].sum(0))
+    better = iv["diff"]["unet-strided"]["miou"]
+    assert 0 < better["low"] < point < better["high"]
+    assert iv["diff"]["unet-copy"]["miou"] == {"low": 0.0, "high": 0.0}
+    assert iv["diff"]["strided-copy"]["iou_border"]["high"] < 0
+    for arch, cm in cms.items():
+        whole = mean_iou(cm.sum(0))
+        assert iv["miou"][arch]["low"] <= whole <= iv["miou"][arch]["high"]
+    assert bootstrap_intervals(cms, resamples=600, seed=3) == iv  # deterministic for a seed
+    assert bootstrap_intervals(cms, resamples=600, seed=4) != iv

@@ -556,3 +556,41 @@ def test_stage_missing_input_exits_2_naming_the_file(tmp_path):
     assert "unpool.json" in proc.stderr and "run dvc repro evaluate" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not paths.out.exists()
+
+
+def test_bootstrap_intervals_from_evaluate_back_each_comparison():
+    summary = summary_of(UNET_WINS)  # unet 0.7933, strided 0.6933, unpool 0.6767
+    summary["intervals"] = {
+        "level": 0.95,
+        "resamples": 2000,
+        "over": "82 test images",
+        "miou": {a: {"low": 0.6, "high": 0.8} for a in UNET_WINS},
+        "diff": {  # stored as "a-b" in architecture order; the report flips them as needed
+            "strided-unpool": {
+                "miou": {"low": -0.01, "high": 0.045},
+                "iou_border": {"low": 0.005, "high": 0.035},
+            },
+            "strided-unet": {
+                "miou": {"low": -0.13, "high": -0.07},
+                "iou_border": {"low": -0.2, "high": -0.1},
+            },
+            "unpool-unet": {
+                "miou": {"low": -0.15, "high": -0.08},
+                "iou_border": {"low": -0.22, "high": -0.12},
+            },
+        },
+    }
+    facts = discussion(summary, counts=COUNTS, data_source="folder", seed=0)
+    interval = "95% interval {} to {} points over resampled test images"
+    assert interval.format("+7.00", "+13.00") in facts[0]  # the ranking: unet vs strided
+    assert "includes no difference" not in facts[0]
+    skips = [s for s in facts if s.startswith("Skip connections")]
+    assert interval.format("+7.00", "+13.00") in skips[0]
+    assert interval.format("+10.00", "+20.00") in skips[1]
+    resampling = next(s for s in facts if s.startswith("Pooling indices"))
+    assert interval.format("-4.50", "+1.00") + ", which includes no difference" in resampling
+    assert interval.format("-3.50", "-0.50") + ")" in resampling  # border: unpool - strided
+    caveat = next(s for s in facts if s.startswith("Caveats"))
+    assert "paired bootstrap: 2000 resamples of the 82 test images" in caveat
+    assert "second training seed" in caveat and "differences below about" not in caveat
+    assert "noise of a single seed" not in " ".join(facts)

@@ -307,6 +307,13 @@ class EvaluateParams(_Section):
     bf16: bool = Field(
         default=True, description="bf16 autocast where native (CUDA, AVX512-BF16/AMX CPUs)"
     )
+    bootstrap: int = Field(
+        default=2000,
+        ge=0,
+        le=100_000,
+        description="Paired bootstrap resamples of the test images for the report's 95% "
+        "intervals (0 = off)",
+    )
 
 
 SECTIONS: dict[str, type[_Section]] = {

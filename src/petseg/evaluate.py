@@ -174,10 +174,94 @@ def original_resolution_cm(
     return cm
 
 
+def per_image_confusion(pred: np.ndarray, masks: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """(N, C, C) int64: the confusion matrix of every test image (``cm[i, t, p]``, as
+    :func:`petseg.metrics.confusion_matrix`); labels outside the classes are skipped like there.
+
+    Their sum over images is the dataset-wide matrix; resampling images with replacement and
+    summing gives the bootstrap replicates of :func:`bootstrap_intervals`."""
+    c, n = NUM_CLASSES, len(pred)
+    out = np.zeros((n, c, c), dtype=np.int64)
+    for lo in range(0, n, chunk):  # bounded memory: one index array per chunk of images
+        t = masks[lo : lo + chunk].reshape(min(chunk, n - lo), -1).astype(np.int64)
+        p = pred[lo : lo + chunk].reshape(t.shape).astype(np.int64)
+        rows = np.arange(len(t))[:, None] * (c * c)
+        idx = np.where((t >= 0) & (t < c), rows + t * c + p, -1)
+        counts = np.bincount(idx[idx >= 0], minlength=len(t) * c * c)
+        out[lo : lo + len(t)] = counts.reshape(len(t), c, c)
+    return out
+
+
+def _iou(cms: np.ndarray) -> np.ndarray:
+    """IoU per class of a stack of confusion matrices (..., C, C); NaN where a class is absent."""
+    cms = cms.astype(np.float64)
+    tp = np.diagonal(cms, axis1=-2, axis2=-1)
+    union = cms.sum(-2) + cms.sum(-1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def _miou(cms: np.ndarray) -> np.ndarray:
+    iou = _iou(cms)
+    ok = np.isfinite(iou)
+    return np.where(ok.any(-1), np.where(ok, iou, 0).sum(-1) / np.maximum(ok.sum(-1), 1), np.nan)
+
+
 def per_image_miou(pred: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """mIoU of every image (classes absent from both truth and prediction left out)."""
-    p, t = torch.from_numpy(pred), torch.from_numpy(masks)
-    return np.array([mean_iou(confusion_matrix(p[i], t[i], NUM_CLASSES)) for i in range(len(p))])
+    return _miou(per_image_confusion(pred, masks))
+
+
+BOOTSTRAP_KEYS = ("miou", "iou_border")  # what the report compares between architectures
+
+
+def bootstrap_intervals(
+    cms: dict[str, np.ndarray], resamples: int, level: float = 0.95, seed: int = 0
+) -> dict[str, Any]:
+    """Paired percentile-bootstrap intervals over test images, for the report's comparisons.
+
+    ``cms``: arch -> (N, C, C) per-image confusion matrices of the same N test images. Each of
+    ``resamples`` replicates draws N images with replacement (one draw shared by every
+    architecture: the comparisons are paired) and rescores the summed matrix. Returns the
+    ``level`` interval of each architecture's mIoU and, for every pair ``"a-b"`` (a before b in
+    the order of ``cms``), of the differences a - b in mIoU and border IoU. It measures how much
+    the scores depend on which test images were drawn, not how much a second training seed would
+    move them. Deterministic for a ``seed``.
+    """
+    archs = list(cms)
+    n = len(cms[archs[0]])
+    rng = np.random.default_rng(seed)
+    stats: dict[str, dict[str, list[np.ndarray]]] = {
+        a: {k: [] for k in BOOTSTRAP_KEYS} for a in archs
+    }
+    border = CLASSES.index("border")
+    for lo in range(0, resamples, 250):  # (chunk, N) weights at a time: bounded memory
+        draws = rng.multinomial(n, np.full(n, 1.0 / n), size=min(250, resamples - lo))
+        weights = draws.astype(np.float64)  # counts stay exact in float64; products run on BLAS
+        for a in archs:
+            totals = (weights @ cms[a].reshape(n, -1).astype(np.float64)).reshape(
+                -1, *cms[a].shape[1:]
+            )
+            stats[a]["miou"].append(_miou(totals))
+            stats[a]["iou_border"].append(_iou(totals)[:, border])
+    tails = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
+
+    def interval(values: np.ndarray) -> dict[str, float]:
+        low, high = np.nanpercentile(values, tails) if np.isfinite(values).any() else (np.nan,) * 2
+        return {"low": float(low), "high": float(high)}
+
+    joined = {a: {k: np.concatenate(v) for k, v in s.items()} for a, s in stats.items()}
+    return {
+        "level": level,
+        "resamples": resamples,
+        "over": f"{n} test images",
+        "miou": {a: interval(joined[a]["miou"]) for a in archs},
+        "diff": {
+            f"{a}-{b}": {k: interval(joined[a][k] - joined[b][k]) for k in BOOTSTRAP_KEYS}
+            for i, a in enumerate(archs)
+            for b in archs[i + 1 :]
+        },
+    }
 
 
 def choose_examples(per_image: dict[str, np.ndarray], n: int) -> list[int]:
@@ -225,7 +309,7 @@ def evaluate_all(params: EvaluateParams, paths: EvalPaths) -> dict[str, Any]:
     manifest = read_manifest(paths.prepared)
     test = load_split(paths.prepared, "test", mmap=False)
     sizes = manifest["splits"]["test"]["original_sizes"]
-    results, preds, per_image = {}, {}, {}
+    results, preds, per_image, image_cms = {}, {}, {}, {}
     for arch, model_path in paths.models.items():
         model, blob = load_trained(model_path)
         train_metrics = _read_json(paths.train_metrics[arch])
@@ -249,11 +333,14 @@ def evaluate_all(params: EvaluateParams, paths: EvalPaths) -> dict[str, Any]:
             gflops_per_image=train_metrics["gflops_per_image"],
         )
         results[arch], preds[arch] = res, pred
-        per_image[arch] = per_image_miou(pred, test.masks)
+        image_cms[arch] = per_image_confusion(pred, test.masks)
+        per_image[arch] = _miou(image_cms[arch])
 
     for arch, res in results.items():
         atomic_write_json(paths.metrics_dir / f"{arch}.json", res)
     summary = _summary(results)
+    if params.bootstrap and len(test):
+        summary["intervals"] = bootstrap_intervals(image_cms, params.bootstrap)
     atomic_write_json(paths.summary, summary)
     _write_plot_data(paths.plots, results, per_image, test.names)
     examples = choose_examples(per_image, params.n_examples)

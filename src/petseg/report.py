@@ -195,6 +195,26 @@ def _noise(d: float) -> str:
     return ", within the ~1-point noise of a single seed" if NO_DIFFERENCE <= abs(d) < NOISE else ""
 
 
+def _evidence(iv: Mapping[str, Any] | None, key: str, a: str, b: str, d: float) -> str:
+    """What backs a difference ``d`` = a - b in ``key`` (``miou`` or ``iou_border``): its paired
+    bootstrap interval over test images when evaluate computed one (metrics/summary.json
+    ``intervals``), else the fixed noise flag of :func:`_noise`."""
+    diff = (iv or {}).get("diff", {})
+    if f"{a}-{b}" in diff and key in diff[f"{a}-{b}"]:
+        low, high = diff[f"{a}-{b}"][key]["low"], diff[f"{a}-{b}"][key]["high"]
+    elif f"{b}-{a}" in diff and key in diff[f"{b}-{a}"]:
+        low, high = -diff[f"{b}-{a}"][key]["high"], -diff[f"{b}-{a}"][key]["low"]
+    else:
+        return _noise(d)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return _noise(d)
+    text = (
+        f"; {iv['level'] * 100:g}% interval {low * 100:+.2f} to {high * 100:+.2f} points over "
+        "resampled test images"
+    )
+    return text + (", which includes no difference" if low <= 0 <= high else "")
+
+
 def _join(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
@@ -220,7 +240,9 @@ def _verdict(d: float) -> str:
     return "made no measurable difference"
 
 
-def _ranking(archs: Mapping[str, Mapping[str, float]]) -> list[str]:
+def _ranking(
+    archs: Mapping[str, Mapping[str, float]], iv: Mapping[str, Any] | None = None
+) -> list[str]:
     miou = _finite({a: r["miou"] for a, r in archs.items()})
     order = _ranked(miou)
     if len(order) < 2:
@@ -252,11 +274,14 @@ def _ranking(archs: Mapping[str, Mapping[str, float]]) -> list[str]:
             text += f"; the worst, {worst} ({miou[worst]:.4f}), is {_pts(gap_worst)} behind"
         return [text + "."]
     return [
-        f"{best} is the best architecture on test mIoU ({miou[best]:.4f}), {behind}{_noise(gap)}."
+        f"{best} is the best architecture on test mIoU ({miou[best]:.4f}), {behind}"
+        f"{_evidence(iv, 'miou', best, runner, gap)}."
     ]
 
 
-def _per_class(archs: Mapping[str, Mapping[str, float]]) -> list[str]:
+def _per_class(
+    archs: Mapping[str, Mapping[str, float]], iv: Mapping[str, Any] | None = None
+) -> list[str]:
     parts, iou = [], {}
     for c in CLASSES:
         iou[c] = _finite({a: r[f"iou_{c}"] for a, r in archs.items()})
@@ -284,7 +309,7 @@ def _per_class(archs: Mapping[str, Mapping[str, float]]) -> list[str]:
             out.append(
                 f"On the border class (the thin band around each outline) {first} leads with IoU "
                 f"{border[first]:.4f}, {_pts(gap)} above {second} ({border[second]:.4f})"
-                f"{_noise(gap)}."
+                f"{_evidence(iv, 'iou_border', first, second, gap)}."
             )
         else:
             out.append(
@@ -305,7 +330,9 @@ def _per_class(archs: Mapping[str, Mapping[str, float]]) -> list[str]:
     return out
 
 
-def _skips(archs: Mapping[str, Mapping[str, float]]) -> list[str]:
+def _skips(
+    archs: Mapping[str, Mapping[str, float]], iv: Mapping[str, Any] | None = None
+) -> list[str]:
     """U-Net against the better (per metric) of the two networks without skip connections."""
     out = []
     for key, what in (("miou", "mIoU"), ("iou_border", "border IoU")):
@@ -314,12 +341,14 @@ def _skips(archs: Mapping[str, Mapping[str, float]]) -> list[str]:
         d = u - r
         out.append(
             f"Skip connections {_verdict(d)} on {what}: unet {u:.4f} against {r:.4f} for {ref}, "
-            f"the better network without skips ({_signed(d)}{_noise(d)})."
+            f"the better network without skips ({_signed(d)}{_evidence(iv, key, 'unet', ref, d)})."
         )
     return out
 
 
-def _resampling(archs: Mapping[str, Mapping[str, float]], upsample: str) -> list[str]:
+def _resampling(
+    archs: Mapping[str, Mapping[str, float]], upsample: str, iv: Mapping[str, Any] | None = None
+) -> list[str]:
     """unpool vs strided: pooling indices (or nearest) against learned transposed convolutions."""
 
     def compare(d: float) -> str:
@@ -336,8 +365,10 @@ def _resampling(archs: Mapping[str, Mapping[str, float]], upsample: str) -> list
         how = f"nearest-neighbour upsampling, models.unpool.upsample = {upsample}: no indices"
     return [
         f"{head}: unpool ({how}) {compare(dm)} strided (transposed convolutions) on mIoU, "
-        f"{u['miou']:.4f} vs {s['miou']:.4f} ({_signed(dm)}{_noise(dm)}), and {compare(db)} it on "
-        f"border IoU, {u['iou_border']:.4f} vs {s['iou_border']:.4f} ({_signed(db)}{_noise(db)}).",
+        f"{u['miou']:.4f} vs {s['miou']:.4f} "
+        f"({_signed(dm)}{_evidence(iv, 'miou', 'unpool', 'strided', dm)}), and {compare(db)} it "
+        f"on border IoU, {u['iou_border']:.4f} vs {s['iou_border']:.4f} "
+        f"({_signed(db)}{_evidence(iv, 'iou_border', 'unpool', 'strided', db)}).",
         "The two also differ in down-sampling (max-pooling vs stride-2 convolutions) and in size "
         f"({u['params'] / 1e6:.3f} M vs {s['params'] / 1e6:.3f} M parameters), so this compares the"
         " whole resampling design, not the upsampling alone.",
@@ -394,16 +425,31 @@ def _cost(archs: Mapping[str, Mapping[str, float]]) -> list[str]:
     return out
 
 
-def _caveats(counts: Mapping[str, int], data_source: str, seed: int) -> list[str]:
+def _caveats(
+    counts: Mapping[str, int], data_source: str, seed: int, iv: Mapping[str, Any] | None = None
+) -> list[str]:
     n_test = counts.get("test", 0)
     few = (
         "; with so few test images a handful of hard cases can move every score"
         if n_test < 500
         else ""
     )
+    if iv:
+        seeds = (
+            f"Caveats: each architecture was trained once (seed {seed}). The intervals "
+            f"({iv['level'] * 100:g}%, paired bootstrap: {iv['resamples']} resamples of the "
+            f"{iv['over']}) say how much a difference depends on which test images were drawn; "
+            "they leave out how much a second training seed would move it, which on small "
+            "training sets can be as much again."
+        )
+    else:
+        seeds = (
+            f"Caveats: each architecture was trained once (seed {seed}), so differences below "
+            f"about {NOISE * 100:g} point of mIoU may be noise rather than a property of the "
+            "architecture."
+        )
     out = [
-        f"Caveats: each architecture was trained once (seed {seed}), so differences below about "
-        f"{NOISE * 100:g} point of mIoU may be noise rather than a property of the architecture.",
+        seeds,
         f"The scores come from {n_test} test images (the networks learned from "
         f"{counts.get('train', 0)} training and {counts.get('val', 0)} validation images){few}.",
     ]
@@ -429,13 +475,13 @@ def discussion(
     ``counts``: images per split (manifest ``counts``); ``data_source``: ``data.source``;
     ``seed``: ``train.seed``; ``unpool_upsample``: ``models.unpool.upsample``.
     """
-    archs = summary["architectures"]
-    out = _ranking(archs) + _per_class(archs)
+    archs, iv = summary["architectures"], summary.get("intervals")
+    out = _ranking(archs, iv) + _per_class(archs, iv)
     if {"strided", "unpool", "unet"} <= archs.keys():
-        out += _skips(archs)
+        out += _skips(archs, iv)
     if {"strided", "unpool"} <= archs.keys():
-        out += _resampling(archs, unpool_upsample)
-    return out + _cost(archs) + _caveats(counts, data_source, seed)
+        out += _resampling(archs, unpool_upsample, iv)
+    return out + _cost(archs) + _caveats(counts, data_source, seed, iv)
 
 
 # ------------------------------------------------------------------------------------ tables
