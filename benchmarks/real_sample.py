@@ -58,7 +58,7 @@ from petseg.data.prepared import MANIFEST, load_split, read_manifest
 from petseg.data.preprocess import preprocess
 from petseg.engine import precision
 from petseg.errors import DataError, ParamsError
-from petseg.evaluate import _device, predict, scores
+from petseg.evaluate import _device, bootstrap_intervals, per_image_confusion, predict, scores
 from petseg.fileio import atomic_write_json
 from petseg.metrics import confusion_matrix
 from petseg.models import ARCHITECTURES
@@ -199,7 +199,14 @@ def run_one(
     )
     result_file = run_dir / "result.json"
     if result_file.exists():
-        return {**json.loads(result_file.read_text()), "status": "cached"}
+        result = json.loads(result_file.read_text())
+        if "image_confusion" not in result and paths.model.exists():  # from an older version
+            model, _ = load_trained(paths.model)
+            pred, _ = predict(model, test.images, eval_p.batch_size, _device(eval_p.device),
+                              eval_p.bf16)  # fmt: skip
+            result["image_confusion"] = per_image_confusion(pred, test.masks).tolist()
+            atomic_write_json(result_file, result)
+        return {**result, "status": "cached"}
     status = "resumed" if (paths.checkpoint_dir / "last.pt").exists() else "new"
     if not (paths.model.exists() and paths.metrics.exists()):
         train(
@@ -223,6 +230,7 @@ def run_one(
         "pixel_accuracy": s["pixel_accuracy"],
         "mean_dice": s["mean_dice"],
         "confusion": s["confusion"],
+        "image_confusion": per_image_confusion(pred, test.masks).tolist(),  # for the intervals
         "train_seconds": trained["train_seconds"],
         "seconds_per_epoch": _median_epoch_seconds(paths.plot),
         "epochs": trained["epochs"],
@@ -281,14 +289,27 @@ def table(results: list[dict[str, Any]], seeds: list[int]) -> list[str]:
     return lines
 
 
-def verdicts(results: list[dict[str, Any]], archs: list[str], seeds: list[int]) -> dict[str, Any]:
-    """Per arch: default - baseline test mIoU per seed, their mean, PASS if every seed >= MARGIN."""
-    miou = {(r["recipe"], r["arch"], r["seed"]): r["miou"] for r in results}
+def verdicts(
+    results: list[dict[str, Any]], archs: list[str], seeds: list[int], resamples: int = 2000
+) -> dict[str, Any]:
+    """Per arch: default - baseline test mIoU per seed, their mean, PASS if every seed >= MARGIN;
+    with each seed's 95% paired-bootstrap interval of the difference over the test images (the
+    evaluate stage's :func:`petseg.evaluate.bootstrap_intervals`), which says how much of it the
+    draw of test images could explain (not how much another seed would)."""
+    by_key = {(r["recipe"], r["arch"], r["seed"]): r for r in results}
     out = {}
     for arch in archs:
-        deltas = {s: miou[("default", arch, s)] - miou[("baseline", arch, s)] for s in seeds}
+        deltas, intervals = {}, {}
+        for s in seeds:
+            d, b = by_key[("default", arch, s)], by_key[("baseline", arch, s)]
+            deltas[s] = d["miou"] - b["miou"]
+            if "image_confusion" in d and "image_confusion" in b:
+                cms = {k: np.asarray(r["image_confusion"]) for k, r in (("d", d), ("b", b))}
+                iv = bootstrap_intervals(cms, resamples)["diff"]["d-b"]["miou"]
+                intervals[s] = (iv["low"], iv["high"])
         out[arch] = {
             "delta_per_seed": deltas,
+            "interval_per_seed": intervals,
             "mean_delta": float(np.mean(list(deltas.values()))),
             "pass": all(d >= MARGIN for d in deltas.values()),
         }
@@ -373,9 +394,17 @@ def main() -> None:
         "train s: train()'s wall seconds, all epochs with validation; s/epoch: median epoch; "
         "best ep: the epoch kept (best val mIoU); run: new | resumed | cached (timings from then)"
     )
-    print(f"\nverdict: default - baseline test mIoU, PASS when >= {MARGIN} on every seed")
+    print(
+        f"\nverdict: default - baseline test mIoU, PASS when >= {MARGIN} on every seed; "
+        f"[95% paired-bootstrap interval over the {counts['test']} test images]"
+    )
     for arch, v in verdict.items():
-        per_seed = ", ".join(f"seed {s}: {d:+.3f}" for s, d in v["delta_per_seed"].items())
+        per_seed = ", ".join(
+            f"seed {s}: {d:+.3f}"
+            + (" [{:+.3f}, {:+.3f}]".format(*v["interval_per_seed"][s])
+               if s in v["interval_per_seed"] else "")
+            for s, d in v["delta_per_seed"].items()
+        )  # fmt: skip
         mean = f"; mean {v['mean_delta']:+.3f}" if len(seeds) > 1 else ""
         print(f"  {arch:8} {per_seed}{mean}  {'PASS' if v['pass'] else 'FAIL'}")
     wall = time.perf_counter() - t0
@@ -406,7 +435,13 @@ def main() -> None:
                 },
                 "runs": results,
                 "verdict": {
-                    a: {**v, "delta_per_seed": {str(s): d for s, d in v["delta_per_seed"].items()}}
+                    a: {
+                        **v,
+                        "delta_per_seed": {str(s): d for s, d in v["delta_per_seed"].items()},
+                        "interval_per_seed": {
+                            str(s): list(iv) for s, iv in v["interval_per_seed"].items()
+                        },
+                    }
                     for a, v in verdict.items()
                 },
                 "margin": MARGIN,

@@ -88,3 +88,27 @@ def test_missing_data_folder_is_one_line_and_exit_2(tmp_path):
         " images/*.jpg, annotations/trimaps/*.png, annotations/{trainval,test}.txt)"
     )
     assert not (tmp_path / "w").exists()
+
+
+def _run(recipe, arch, seed, correct):
+    """A scored run: 20 identical test images, ``correct`` of their 10 border pixels right."""
+    cm = [[[50, 0, 0], [0, 40, 0], [0, 10 - correct, correct]] for _ in range(20)]
+    miou = (1 + 40 / (50 - correct) + correct / 10) / 3
+    return {"recipe": recipe, "arch": arch, "seed": seed, "miou": miou, "image_confusion": cm}
+
+
+def test_verdict_needs_the_margin_on_every_seed_and_gives_bootstrap_intervals(bench):
+    results = [
+        _run("default", "unet", 0, 8), _run("baseline", "unet", 0, 4),
+        _run("default", "unet", 1, 8), _run("baseline", "unet", 1, 8),
+    ]  # fmt: skip
+    v = bench.verdicts(results, ["unet"], [0, 1], resamples=200)["unet"]
+    assert v["delta_per_seed"][0] > bench.MARGIN and v["delta_per_seed"][1] == 0
+    assert not v["pass"]
+    for seed, (low, high) in v["interval_per_seed"].items():
+        # identical images: every resample gives the same difference
+        assert low == pytest.approx(v["delta_per_seed"][seed])
+        assert high == pytest.approx(v["delta_per_seed"][seed])
+    for r in results:
+        del r["image_confusion"]  # results cached before the intervals existed: none printed
+    assert bench.verdicts(results, ["unet"], [0, 1])["unet"]["interval_per_seed"] == {}
