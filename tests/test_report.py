@@ -582,7 +582,8 @@ def test_bootstrap_intervals_from_evaluate_back_each_comparison():
     }
     facts = discussion(summary, counts=COUNTS, data_source="folder", seed=0)
     interval = "95% interval {} to {} points over resampled test images"
-    assert interval.format("+7.00", "+13.00") in facts[0]  # the ranking: unet vs strided
+    # the ranking: the interval of unet's lead over the runner-up, strided
+    assert f"runner-up strided (0.6933; {interval.format('+7.00', '+13.00')})" in facts[0]
     assert "includes no difference" not in facts[0]
     skips = [s for s in facts if s.startswith("Skip connections")]
     assert interval.format("+7.00", "+13.00") in skips[0]

@@ -250,15 +250,16 @@ def _ranking(
     best, runner, worst = order[0], order[1], order[-1]
     gap, gap_worst = miou[best] - miou[runner], miou[best] - miou[worst]
     others = order[1:]
+    ev = _evidence(iv, "miou", best, runner, gap) if iv else ""  # the lead over the runner-up
     if len(others) > 1 and _tied(miou[runner], miou[worst]):
-        behind = f"{_pts(gap)} ahead of both {_join(others)} ({miou[runner]:.4f} each)"
+        behind = f"{_pts(gap)} ahead of both {_join(others)} ({miou[runner]:.4f} each{ev})"
     elif len(others) > 1:
         behind = (
-            f"{_pts(gap)} ahead of the runner-up {runner} ({miou[runner]:.4f}) and "
+            f"{_pts(gap)} ahead of the runner-up {runner} ({miou[runner]:.4f}{ev}) and "
             f"{_pts(gap_worst)} ahead of the worst, {worst} ({miou[worst]:.4f})"
         )
     else:
-        behind = f"{_pts(gap)} ahead of {runner} ({miou[runner]:.4f})"
+        behind = f"{_pts(gap)} ahead of {runner} ({miou[runner]:.4f}{ev})"
     if _tied(gap, 0.0):
         leaders = [a for a in order if _tied(miou[a], miou[best])]
         text = f"{_join(leaders)} tie for the best test mIoU ({miou[best]:.4f})"
@@ -275,7 +276,7 @@ def _ranking(
         return [text + "."]
     return [
         f"{best} is the best architecture on test mIoU ({miou[best]:.4f}), {behind}"
-        f"{_evidence(iv, 'miou', best, runner, gap)}."
+        f"{'' if iv else _noise(gap)}."
     ]
 
 
