@@ -201,9 +201,7 @@ def run_one(
     if result_file.exists():
         result = json.loads(result_file.read_text())
         if "image_confusion" not in result and paths.model.exists():  # from an older version
-            model, _ = load_trained(paths.model)
-            pred, _ = predict(model, test.images, eval_p.batch_size, _device(eval_p.device),
-                              eval_p.bf16)  # fmt: skip
+            pred = predict_test_split(paths.model, test, eval_p)
             result["image_confusion"] = per_image_confusion(pred, test.masks).tolist()
             atomic_write_json(result_file, result)
         return {**result, "status": "cached"}
@@ -216,9 +214,7 @@ def run_one(
             paths, data_source="folder", progress=sys.stderr.isatty(),
         )  # fmt: skip
     trained = json.loads(paths.metrics.read_text())
-    model, _ = load_trained(paths.model)
-    device = _device(eval_p.device)
-    pred, _ = predict(model, test.images, eval_p.batch_size, device, eval_p.bf16)
+    pred = predict_test_split(paths.model, test, eval_p)
     cm = confusion_matrix(torch.from_numpy(pred), torch.from_numpy(test.masks), NUM_CLASSES)
     s = scores(cm)
     result = {
@@ -244,6 +240,13 @@ def run_one(
     }
     atomic_write_json(result_file, result)
     return {**result, "status": status}
+
+
+def predict_test_split(model_path: Path, test: Any, eval_p: config.EvaluateParams) -> np.ndarray:
+    """The saved model's labels for the test split, as the evaluate stage predicts them."""
+    model, _ = load_trained(model_path)
+    pred, _ = predict(model, test.images, eval_p.batch_size, _device(eval_p.device), eval_p.bf16)
+    return pred
 
 
 def _median_epoch_seconds(plot: Path) -> float:

@@ -192,24 +192,9 @@ def per_image_confusion(pred: np.ndarray, masks: np.ndarray, chunk: int = 256) -
     return out
 
 
-def _iou(cms: np.ndarray) -> np.ndarray:
-    """IoU per class of a stack of confusion matrices (..., C, C); NaN where a class is absent."""
-    cms = cms.astype(np.float64)
-    tp = np.diagonal(cms, axis1=-2, axis2=-1)
-    union = cms.sum(-2) + cms.sum(-1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, tp / union, np.nan)
-
-
-def _miou(cms: np.ndarray) -> np.ndarray:
-    iou = _iou(cms)
-    ok = np.isfinite(iou)
-    return np.where(ok.any(-1), np.where(ok, iou, 0).sum(-1) / np.maximum(ok.sum(-1), 1), np.nan)
-
-
 def per_image_miou(pred: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """mIoU of every image (classes absent from both truth and prediction left out)."""
-    return _miou(per_image_confusion(pred, masks))
+    return mean_iou(per_image_confusion(pred, masks))
 
 
 BOOTSTRAP_KEYS = ("miou", "iou_border")  # what the report compares between architectures
@@ -242,8 +227,8 @@ def bootstrap_intervals(
             totals = (weights @ cms[a].reshape(n, -1).astype(np.float64)).reshape(
                 -1, *cms[a].shape[1:]
             )
-            stats[a]["miou"].append(_miou(totals))
-            stats[a]["iou_border"].append(_iou(totals)[:, border])
+            stats[a]["miou"].append(mean_iou(totals))
+            stats[a]["iou_border"].append(iou_per_class(totals)[:, border])
     tails = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
 
     def interval(values: np.ndarray) -> dict[str, float]:
@@ -334,7 +319,7 @@ def evaluate_all(params: EvaluateParams, paths: EvalPaths) -> dict[str, Any]:
         )
         results[arch], preds[arch] = res, pred
         image_cms[arch] = per_image_confusion(pred, test.masks)
-        per_image[arch] = _miou(image_cms[arch])
+        per_image[arch] = mean_iou(image_cms[arch])
 
     for arch, res in results.items():
         atomic_write_json(paths.metrics_dir / f"{arch}.json", res)

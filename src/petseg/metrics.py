@@ -11,6 +11,8 @@ of the means, rather than counted as 0 or 1.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -40,10 +42,13 @@ def pixel_accuracy(cm: torch.Tensor | np.ndarray) -> float:
 
 
 def iou_per_class(cm: torch.Tensor | np.ndarray) -> np.ndarray:
-    """TP / (TP + FP + FN) per class; NaN where the class is absent from truth and prediction."""
+    """TP / (TP + FP + FN) per class; NaN where the class is absent from truth and prediction.
+
+    ``cm`` is one (C, C) matrix or a stack (..., C, C) of them (e.g. one per image, or bootstrap
+    replicates); the result is (C,) or (..., C)."""
     cm = _np(cm).astype(np.float64)
-    tp = np.diag(cm)
-    union = cm.sum(0) + cm.sum(1) - tp
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    union = cm.sum(-2) + cm.sum(-1) - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, tp / union, np.nan)
 
@@ -60,6 +65,11 @@ def dice_per_class(cm: torch.Tensor | np.ndarray) -> np.ndarray:
         return np.where(denom > 0, 2 * tp / denom, np.nan)
 
 
-def mean_iou(cm: torch.Tensor | np.ndarray) -> float:
+def mean_iou(cm: torch.Tensor | np.ndarray) -> Any:
+    """Mean IoU over the classes with a defined IoU: a float for one (C, C) matrix, an array
+    (...,) for a stack (..., C, C); NaN where no class is defined."""
     iou = iou_per_class(cm)
-    return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+    ok = np.isfinite(iou)
+    mean = np.where(ok, iou, 0.0).sum(-1) / np.maximum(ok.sum(-1), 1)
+    mean = np.where(ok.any(-1), mean, np.nan)
+    return float(mean) if mean.ndim == 0 else mean
