@@ -102,6 +102,13 @@ def test_repro_runs_every_stage_then_nothing(project, first_repro):
         assert (project / f"models/{arch}.pt").exists()
         test = json.loads((project / f"metrics/test/{arch}.json").read_text())
         assert 0 <= test["miou"] <= 1 and test["n_test"] == 12
+    summary = json.loads((project / "metrics/summary.json").read_text())
+    intervals = summary["intervals"]  # evaluate.bootstrap is on by default
+    assert intervals["over"] == "12 test images"
+    assert set(intervals["diff"]) == {"strided-unpool", "strided-unet", "unpool-unet"}
+    for arch, row in summary["architectures"].items():
+        low, high = intervals["miou"][arch]["low"], intervals["miou"][arch]["high"]
+        assert low <= row["miou"] <= high
     assert (project / "report/index.html").exists() and (project / "report/README.md").exists()
     assert list((project / "plots/predictions").glob("*.png"))
     assert (project / "mlflow.db").exists()

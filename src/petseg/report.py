@@ -250,7 +250,7 @@ def _ranking(
     best, runner, worst = order[0], order[1], order[-1]
     gap, gap_worst = miou[best] - miou[runner], miou[best] - miou[worst]
     others = order[1:]
-    ev = _evidence(iv, "miou", best, runner, gap) if iv else ""  # the lead over the runner-up
+    ev = _evidence(iv, "miou", best, runner, gap)  # of the lead over the runner-up
     if len(others) > 1 and _tied(miou[runner], miou[worst]):
         behind = f"{_pts(gap)} ahead of both {_join(others)} ({miou[runner]:.4f} each{ev})"
     elif len(others) > 1:
@@ -274,10 +274,7 @@ def _ranking(
         if len(others) > 1:
             text += f"; the worst, {worst} ({miou[worst]:.4f}), is {_pts(gap_worst)} behind"
         return [text + "."]
-    return [
-        f"{best} is the best architecture on test mIoU ({miou[best]:.4f}), {behind}"
-        f"{'' if iv else _noise(gap)}."
-    ]
+    return [f"{best} is the best architecture on test mIoU ({miou[best]:.4f}), {behind}."]
 
 
 def _per_class(
