@@ -135,7 +135,8 @@ def test_collect_refuses_experiments_with_different_recipes(tmp_path):
         _exp("reg-baseline-s1", "success", 0.4, **{"train.seed": 1, "train.threads": 2}),
         _exp("reg-dropout-s0", "success", 0.5, **sweep.ON["dropout"], **{"train.lr": 0.1}),
     )
-    with pytest.raises(sweep.SweepError, match=r"train\.lr = 0\.1 vs 0\.002.*dvc exp remove"):
+    lr = re.escape(str(PARAMS["train"]["lr"]))
+    with pytest.raises(sweep.SweepError, match=rf"train\.lr = 0\.1 vs {lr}.*dvc exp remove"):
         sweep.collect(sweep.parse_exp_show(show))
     show = _show(
         _exp("reg-dropout-s0", "success", 0.5, **sweep.ON["dropout"]),
