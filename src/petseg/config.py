@@ -198,7 +198,7 @@ class TrainParams(_Section):
 
     epochs: int = Field(default=120, ge=1, le=10_000)
     batch_size: int = Field(default=8, ge=1, le=4096, description="Per process (per GPU under DDP)")
-    lr: float = Field(default=2e-3, gt=0, le=10, description="Peak learning rate of the schedule")
+    lr: float = Field(default=1e-3, gt=0, le=10, description="Peak learning rate of the schedule")
     weight_decay: float = Field(
         default=1e-4, ge=0, le=1, description="AdamW decoupled weight decay"
     )
