@@ -1,4 +1,4 @@
-"""Atomic writes: a stage that fails leaves no half-written output behind."""
+"""Atomic writes (a stage that fails leaves no half-written output behind) and file linking."""
 
 from __future__ import annotations
 
@@ -65,3 +65,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """Hard-link ``src`` to ``dst``, or copy it where a link is refused.
+
+    A hard link costs no space and no time; it fails across filesystems (or where the kernel
+    forbids linking another user's file), and then a copy does the same job. Only for files that
+    are never modified afterwards: a link shares the data.
+    """
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

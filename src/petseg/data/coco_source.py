@@ -54,10 +54,10 @@ from tqdm import tqdm
 
 from petseg.config import CocoParams
 from petseg.data.coco import decode
-from petseg.data.download import _link_or_copy
 from petseg.data.oxford import _to_rgb, image_path, trimap_path
 from petseg.data.split import split_trainval
 from petseg.errors import DataError
+from petseg.fileio import link_or_copy
 
 log = logging.getLogger(__name__)
 
@@ -494,7 +494,7 @@ def _write_image(item: Item, dest: Path) -> None:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: not a readable image ({exc}); {_listed(item)}") from None
     if rgb is None:
-        _link_or_copy(path, dest)
+        link_or_copy(path, dest)
     else:
         rgb.save(dest, "JPEG", quality=JPEG_QUALITY, subsampling=0)
 

@@ -29,7 +29,6 @@ import http.client
 import logging
 import os
 import re
-import shutil
 import tarfile
 import time
 import zlib
@@ -42,7 +41,7 @@ from tqdm import tqdm
 
 from petseg.config import DataParams, OxfordParams
 from petseg.errors import DataError, DownloadError
-from petseg.fileio import atomic_dir
+from petseg.fileio import atomic_dir, link_or_copy
 
 log = logging.getLogger(__name__)
 
@@ -166,15 +165,6 @@ def _is_junk(name: str) -> bool:
     return bool(parts) and (parts[-1].startswith("._") or "__MACOSX" in parts)
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    # A hard link costs no space and no time; it fails across filesystems (or where the kernel
-    # forbids linking another user's file), and then a copy does the same job.
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def copy_layout(src: Path, dest: Path) -> int:
     """Link (same filesystem) or copy the layout's files from ``src`` into ``dest``; return count.
 
@@ -194,7 +184,7 @@ def copy_layout(src: Path, dest: Path) -> int:
         (dest / rel).mkdir(parents=True, exist_ok=True)
         for path in files:
             if not _is_junk(path.name):
-                _link_or_copy(path, dest / rel / path.name)
+                link_or_copy(path, dest / rel / path.name)
                 n += 1
     return n
 
