@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Stages in dvc.yaml call `python`: make sure it is the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install vega-js demo repro sweep plots test lint format ui params-real clean
+.PHONY: install vega-js demo repro sweep plots test test-fast lint format ui params-real clean
 
 install: $(STAMP) vega-js
 
@@ -67,8 +67,13 @@ plots: install
 	mkdir -p $(PLOTS_OUT)/js && cp $(VEGA_JS)/*.min.js $(PLOTS_OUT)/js/
 	@echo "plots: $(CURDIR)/$(PLOTS_OUT)/index.html"
 
+## Every test (what CI runs), the slowest listed at the end.
 test: install lint
-	pytest
+	pytest --durations=15
+
+## The edit loop: everything but the whole-pipeline, DVC, browser and long training tests (slow).
+test-fast: install lint
+	pytest -m "not slow" --durations=15
 
 lint: install
 	ruff check .

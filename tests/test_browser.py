@@ -13,6 +13,8 @@ import pytest
 from browser import check_page, vega_js
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # every test here drives a headless Chromium
+
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / ".dvc/plots/offline.html"
 SPEC = {

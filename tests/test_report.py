@@ -414,6 +414,7 @@ def test_html_is_self_contained_and_every_image_is_an_embedded_png(strided_repor
         Image.open(io.BytesIO(png)).verify()
 
 
+@pytest.mark.slow
 def test_html_opens_in_chromium_without_errors_and_every_image_loads(strided_report, chromium):
     paths, _, _ = strided_report
     page = check_page(chromium, paths.out / "index.html")

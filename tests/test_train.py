@@ -98,6 +98,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_each_architecture_trains_and_logs_to_mlflow(
     prepared, mlflow_server, tmp_path, monkeypatch
 ):
@@ -179,6 +180,7 @@ def _runs(work: Path) -> tuple:
 TIMING_KEYS = {"train_seconds", "train_images_per_s"}
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_to_the_same_result(prepared, tmp_path):
     # With a weight average: its state must survive the kill too.
     over = {"epochs": 3, "augment": {"rotate": 15.0}, "ema_epochs": 1.0}
@@ -213,6 +215,7 @@ def test_killed_training_resumes_to_the_same_result(prepared, tmp_path):
     assert sorted(steps) == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_stay_in_sync_and_reduce_metrics(prepared, tmp_path):
     work = _workdir(tmp_path, "ddp", {"epochs": 1, "batch_size": 4, "device": "cpu"})  # gloo
     cmd = [
