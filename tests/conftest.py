@@ -1,15 +1,59 @@
 """Shared fixtures. Real Oxford-IIIT Pet files are read in place from ../shared/data; pages are
-opened in headless Chromium."""
+opened in headless Chromium; end-to-end tests run on one tiny configuration (TINY)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import pytest
+import yaml
 from browser import launch
+
+from petseg.config import ModelsParams
+from petseg.preset import apply_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+ARCHS = tuple(ModelsParams.model_fields)
+
+# The one tiny configuration of the end-to-end tests, as dotted params.yaml keys (a preset): the
+# offline synthetic source at the smallest sizes that still exercise every stage, so that the
+# whole pipeline runs in seconds of training. Read-only: a test extends it with {**TINY, key: v}.
+TINY: Mapping[str, Any] = MappingProxyType(
+    {
+        "data.source": "synthetic",
+        "data.synthetic.n_trainval": 40,
+        "data.synthetic.n_test": 12,
+        "data.synthetic.min_size": 48,
+        "data.synthetic.max_size": 64,
+        "preprocess.image_size": 32,
+        "preprocess.workers": 1,
+        **{f"models.{arch}.depth": 2 for arch in ARCHS},
+        **{f"models.{arch}.base_width": 8 for arch in ARCHS},
+        "train.epochs": 2,
+        "train.batch_size": 8,
+        "train.lr": 0.01,  # two epochs: a high rate so that the networks learn something
+        "train.threads": 1,  # tests share the CPU cores with each other and with parallel runs
+        "tracking.system_metrics": False,
+        "evaluate.n_examples": 4,
+    }
+)
+
+
+def tiny_section(name: str) -> dict[str, Any]:
+    """TINY's keys under ``name`` as nested params, e.g. ``{"unet": {"depth": 2, ...}, ...}``."""
+    nested: dict[str, Any] = {}
+    for dotted, value in TINY.items():
+        section, *path, key = dotted.split(".")
+        if section == name:
+            node = nested
+            for part in path:
+                node = node.setdefault(part, {})
+            node[key] = value
+    return nested
 
 
 def _shared(name: str) -> Path:
@@ -38,3 +82,23 @@ def chromium():
     """Headless Debian Chromium driven by Playwright (tests/browser.py); skips without them."""
     with launch() as browser:
         yield browser
+
+
+@pytest.fixture
+def tiny_params() -> dict[str, Any]:
+    """A fresh copy of TINY, free to change."""
+    return dict(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_preset() -> Callable[..., Path]:
+    """``tiny_preset(project, extra)`` writes TINY plus ``extra`` as ``project/tiny.yaml`` and
+    applies it to ``project/params.yaml``, as `make demo` applies presets/demo.yaml."""
+
+    def write_and_apply(project: Path, extra: Mapping[str, Any] | None = None) -> Path:
+        preset = project / "tiny.yaml"
+        preset.write_text(yaml.safe_dump({**TINY, **(extra or {})}, sort_keys=False))
+        apply_preset(preset, project / "params.yaml")
+        return preset
+
+    return write_and_apply

@@ -1,7 +1,7 @@
 """The whole DVC pipeline on a copy of the project with a tiny preset: seven stages, then none;
 then `make plots` on its outputs, and the report and the plots page opened in headless Chromium.
 
-This is what `make demo` does (preset + `dvc repro`), sized to take a minute or two.
+This is what `make demo` does (preset + `dvc repro`), on the tests' tiny preset (conftest.TINY).
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import pytest
 import yaml
 from browser import check_page, vega_js
 
-from petseg.preset import apply_preset
-
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = (
     "download",
@@ -30,26 +28,6 @@ STAGES = (
     "evaluate",
     "report",
 )
-
-TINY = {
-    "data.source": "synthetic",
-    "data.synthetic.n_trainval": 40,
-    "data.synthetic.n_test": 12,
-    "data.synthetic.min_size": 48,
-    "data.synthetic.max_size": 80,
-    "preprocess.image_size": 32,
-    "preprocess.workers": 1,
-    "models.strided.depth": 2,
-    "models.unpool.depth": 2,
-    "models.unet.depth": 2,
-    "models.strided.base_width": 8,
-    "models.unpool.base_width": 8,
-    "models.unet.base_width": 8,
-    "train.epochs": 2,
-    "train.batch_size": 8,
-    "tracking.system_metrics": False,
-    "evaluate.n_examples": 4,
-}
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -64,7 +42,7 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
+def project(tmp_path_factory, tiny_preset) -> Path:
     """A git copy of the tracked project files (what a fresh clone holds)."""
     dest = tmp_path_factory.mktemp("clone") / "petseg"
     files = subprocess.run(
@@ -82,9 +60,7 @@ def project(tmp_path_factory) -> Path:
         cwd=dest,
         check=True,
     )
-    preset = dest / "tiny.yaml"
-    preset.write_text(yaml.safe_dump(TINY))
-    apply_preset(preset, dest / "params.yaml")
+    tiny_preset(dest)
     return dest
 
 
@@ -95,16 +71,17 @@ def first_repro(project) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_repro_runs_every_stage_then_nothing(project, first_repro):
+def test_repro_runs_every_stage_then_nothing(project, first_repro, tiny_params):
+    n_test = tiny_params["data.synthetic.n_test"]
     for stage in STAGES:
         assert f"Running stage '{stage}'" in first_repro.stdout
     for arch in ("strided", "unpool", "unet"):
         assert (project / f"models/{arch}.pt").exists()
         test = json.loads((project / f"metrics/test/{arch}.json").read_text())
-        assert 0 <= test["miou"] <= 1 and test["n_test"] == 12
+        assert 0 <= test["miou"] <= 1 and test["n_test"] == n_test
     summary = json.loads((project / "metrics/summary.json").read_text())
     intervals = summary["intervals"]  # evaluate.bootstrap is on by default
-    assert intervals["over"] == "12 test images"
+    assert intervals["over"] == f"{n_test} test images"
     assert set(intervals["diff"]) == {"strided-unpool", "strided-unet", "unpool-unet"}
     for arch, row in summary["architectures"].items():
         low, high = intervals["miou"][arch]["low"], intervals["miou"][arch]["high"]

@@ -25,7 +25,6 @@ from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
 from petseg import config, sweep, tracking
 from petseg.errors import ParamsError
-from petseg.preset import apply_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = config.Params().model_dump()  # the defaults: augmentation and weight decay on
@@ -265,23 +264,10 @@ def test_stage_with_an_invalid_param_leaves_a_failed_run(tmp_path):
 
 
 # ------------------------------------------------------------------------ the real sweep
-TINY = {
-    "data.source": "synthetic",
-    "data.synthetic.n_trainval": 40,
-    "data.synthetic.n_test": 12,
-    "data.synthetic.min_size": 48,
-    "data.synthetic.max_size": 64,
-    "preprocess.image_size": 32,
-    "preprocess.workers": 1,
-    **{f"models.{a}.depth": 2 for a in sweep.ARCHS},
-    **{f"models.{a}.base_width": 4 for a in sweep.ARCHS},
-    "train.epochs": 2,
-    "train.batch_size": 8,
-    "train.lr": 0.01,
+# On top of the shared tiny preset: what the assertions below read from the MLflow store.
+SWEEP_EXTRA = {
     "tracking.system_metrics": True,  # its thread writes to the store too
     "tracking.log_model": True,
-    "evaluate.n_examples": 2,
-    "evaluate.original_resolution": False,
 }
 SWEPT = ["reg-baseline-s0", "reg-baseline-s1", "reg-dropout-s0", "reg-dropout-s1"]
 BROKEN = "broken"
@@ -307,7 +293,7 @@ def _dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProce
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory):
+def swept(tmp_path_factory, tiny_preset):
     """A copy of the working tree in a fresh git+DVC repo, `dvc repro` on the tiny params, then a
     hand-queued broken experiment and `python -m petseg.sweep run` over two variants x two seeds
     with -j 2, then `dvc repro` for the report. Yields the project folder and the sweep output."""
@@ -321,9 +307,7 @@ def swept(tmp_path_factory):
         if src.is_file():
             (dest / src.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / src.relative_to(ROOT))
-    preset = dest / "tiny.yaml"
-    preset.write_text(yaml.safe_dump(TINY))
-    apply_preset(preset, dest / "params.yaml")
+    tiny_preset(dest, SWEEP_EXTRA)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], [*git, "commit", "-qm", "tiny"]):
         subprocess.run(cmd, cwd=dest, check=True)

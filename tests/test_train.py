@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_section
 
 from petseg import config, tracking
 from petseg.config import ModelsParams, SyntheticParams, TrackingParams, TrainParams
@@ -28,8 +29,8 @@ from petseg.models import ARCHITECTURES
 from petseg.train import CSV_COLUMNS, TrainPaths, load_trained, train
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_MODELS = {a: {"depth": 2, "base_width": 8} for a in ARCHITECTURES}
-TINY_TRAIN = {"epochs": 2, "batch_size": 8, "threads": 1, "lr": 0.01}
+TINY_MODELS = tiny_section("models")
+TINY_TRAIN = tiny_section("train")
 
 
 def _free_port() -> int:
