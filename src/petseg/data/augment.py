@@ -14,9 +14,8 @@ Why batched rather than per-sample PIL transforms: a per-sample pipeline pays Py
 overhead per image and per transform; here every geometric part (flip, zoom, rotation, shift) is
 folded into one 2x3 affine matrix per sample, so the whole batch is warped by a single
 ``grid_sample`` for the images and a single one for the masks, and colour jitter is a single
-batched 3x3 matrix product. With everything on, :func:`make_batch` turns 32 uint8 images of 128 px
-into a normalised augmented batch in about 8 ms on one CPU core (torch 2.14), against seconds for
-the training step it feeds.
+batched 3x3 matrix product. Augmenting a batch so costs a small fraction of the training step it
+feeds (measured in benchmarks/RESULTS.md).
 
 Randomness: every random number comes from the ``generator`` argument, which must be a CPU
 ``torch.Generator``; the same generator state gives the same output. The small per-sample
@@ -181,8 +180,9 @@ def _affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """``F.affine_grid(theta, (N, C, h, w), align_corners=False)``, computed separably.
 
     Each grid coordinate is ``a * x + b * y + c``: a row term plus a column term per sample,
-    broadcast-added straight into the output; about 7x cheaper on CPU than affine_grid's
-    (N, h*w, 3) x (3, 2) batched product (equal up to float rounding, ~1e-7).
+    broadcast-added straight into the output; cheaper on CPU than affine_grid's (N, h*w, 3) x
+    (3, 2) batched product, which multiplies by the constant 1 and builds the (N, h*w, 3) base
+    grid first (equal up to float rounding).
     """
     kw = {"dtype": theta.dtype, "device": theta.device}
     xs = (torch.arange(w, **kw) * 2 + 1) / w - 1  # pixel centres in [-1, 1]

@@ -16,8 +16,8 @@ real photos, or the comparison of architectures says nothing:
 - Backgrounds are textured and cluttered (gradients, clouds, stripes, tiles, grain, a floor/wall
   split, random shapes), with distractors that are background: often a furry blob in the pet's
   colours, sometimes a floor of its colour or an object in front of it. Colour alone therefore
-  does not find the pet (the best colour lookup table scores a pet IoU of about 0.5); a cast
-  shadow, a hairy edge, lighting, blur and sensor noise blur the easy cues further.
+  does not find the pet (even the best colour lookup table scores poorly); a cast shadow, a hairy
+  edge, lighting, blur and sensor noise blur the easy cues further.
 - Yet pets stay compact, textured, shaded, animal-shaped objects, so a small U-Net learns them in
   minutes on a CPU (the point of the demo). What is left hard is what is hard on real photos too:
   thin legs, ears and tails, and the border band, where skip connections should matter.
@@ -29,8 +29,8 @@ image border is not an outline: a pet cut by it has no band there (like the real
 
 Determinism: image ``k`` of breed ``b`` draws everything from ``numpy.random.default_rng((seed,
 class_id, k))``, so the same params give byte-identical files whatever the number of worker
-processes, and the default 600 images render in about ten seconds on two cores. Breed looks
-depend only on the breed's name, so ``Ginger_tabby`` is ginger and striped for every seed.
+processes. Breed looks depend only on the breed's name, so ``Ginger_tabby`` is ginger and striped
+for every seed.
 """
 
 from __future__ import annotations
