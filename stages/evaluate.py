@@ -36,8 +36,8 @@ def main() -> None:
             coco=args.coco,
         ),
     )
-    for arch, res in summary["architectures"].items():
-        print(f"{arch}: test mIoU {res['miou']:.4f}, pixel accuracy {res['pixel_accuracy']:.4f}")
+    for arch, res in summary.architectures.items():
+        print(f"{arch}: test mIoU {res.miou:.4f}, pixel accuracy {res.pixel_accuracy:.4f}")
 
 
 if __name__ == "__main__":

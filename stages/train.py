@@ -32,8 +32,8 @@ def main() -> None:
             data_source=config.load_section(args.params, "data").source,
         )
     print(
-        f"{args.arch}: best val mIoU {result['best_val_miou']:.4f} at epoch {result['best_epoch']}"
-        f" in {result['train_seconds']:.0f} s -> {args.model}"
+        f"{args.arch}: best val mIoU {result.best_val_miou:.4f} at epoch {result.best_epoch}"
+        f" in {result.train_seconds:.0f} s -> {args.model}"
     )
 
 

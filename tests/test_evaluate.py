@@ -7,13 +7,8 @@ import numpy as np
 import torch
 
 from petseg import ERROR_COLOUR, NUM_CLASSES, PALETTE
-from petseg.evaluate import (
-    bootstrap_intervals,
-    error_map,
-    grid_row,
-    per_image_confusion,
-    per_image_miou,
-)
+from petseg.evaluate.grids import error_map, grid_row
+from petseg.evaluate.scores import bootstrap_intervals, per_image_confusion, per_image_miou
 from petseg.metrics import confusion_matrix, mean_iou
 
 
@@ -89,15 +84,20 @@ def test_bootstrap_interval_separates_a_clearly_better_model_and_not_a_copy():
         "copy": per_image_confusion(pred_good, masks),
     }
     iv = bootstrap_intervals(cms, resamples=600, seed=3)
-    assert iv["level"] == 0.95 and iv["resamples"] == 600 and iv["over"] == "40 test images"
-    assert set(iv["diff"]) == {"unet-strided", "unet-copy", "strided-copy"}
+    assert iv.level == 0.95 and iv.resamples == 600 and iv.over == "40 test images"
+    assert set(iv.diff) == {"unet-strided", "unet-copy", "strided-copy"}
     point = mean_iou(cms["unet"].sum(0)) - mean_iou(cms["strided"].sum(0))
-    better = iv["diff"]["unet-strided"]["miou"]
-    assert 0 < better["low"] < point < better["high"]
-    assert iv["diff"]["unet-copy"]["miou"] == {"low": 0.0, "high": 0.0}
-    assert iv["diff"]["strided-copy"]["iou_border"]["high"] < 0
+    better = iv.difference("unet", "strided", "miou")
+    assert 0 < better.low < point < better.high
+    # Either order: the difference b - a is the negated interval of a - b.
+    worse = iv.difference("strided", "unet", "miou")
+    assert (worse.low, worse.high) == (-better.high, -better.low)
+    assert iv.difference("unet", "copy", "miou").model_dump() == {"low": 0.0, "high": 0.0}
+    assert iv.difference("strided", "copy", "iou.border").high < 0
+    assert iv.difference("copy", "strided", "iou.border").low > 0
+    assert iv.difference("unet", "strided", "iou.pet") is None  # not a compared metric
     for arch, cm in cms.items():
         whole = mean_iou(cm.sum(0))
-        assert iv["miou"][arch]["low"] <= whole <= iv["miou"][arch]["high"]
+        assert iv.miou[arch].low <= whole <= iv.miou[arch].high
     assert bootstrap_intervals(cms, resamples=600, seed=3) == iv  # deterministic for a seed
     assert bootstrap_intervals(cms, resamples=600, seed=4) != iv

@@ -67,6 +67,6 @@ def test_unet_reaches_085_val_miou_on_the_default_synthetic_set(tmp_path, monkey
     with paths.plot.open() as f:
         curve = [float(row["val_miou"]) for row in csv.DictReader(f)]
     assert len(curve) == 40
-    assert result["best_val_miou"] >= 0.85, f"val mIoU per epoch: {curve}"
+    assert result.best_val_miou >= 0.85, f"val mIoU per epoch: {curve}"
     # Learning, not luck: the curve climbs from chance to the end.
     assert curve[0] < 0.7 and max(curve[-5:]) >= 0.85

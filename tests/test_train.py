@@ -26,7 +26,9 @@ from petseg.data.synthetic import generate
 from petseg.engine import DivergenceError, Feed, evaluate
 from petseg.metrics import mean_iou
 from petseg.models import ARCHITECTURES
-from petseg.train import CSV_COLUMNS, TrainPaths, load_trained, train
+from petseg.models import load_model
+from petseg.results import TRAIN_CURVE_COLUMNS as CSV_COLUMNS
+from petseg.train import TrainPaths, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODELS = tiny_section("models")
@@ -120,12 +122,12 @@ def test_each_architecture_trains_and_logs_to_mlflow(
         assert [int(r["epoch"]) for r in rows] == [1, 2]
         assert all(tuple(r) == CSV_COLUMNS and all(r.values()) for r in rows)
         saved = json.loads(paths.metrics.read_text())
-        assert saved == json.loads(json.dumps(result))
+        assert saved == json.loads(json.dumps(result.model_dump(exclude_none=True)))
         assert saved["params"] > 0 and saved["gflops_per_image"] > 0
         best = max(float(r["val_miou"]) for r in rows)
         assert saved["best_val_miou"] == pytest.approx(best, abs=1e-5)
-        model, blob = load_trained(paths.model)
-        assert blob["arch"] == arch and model(torch.rand(2, 3, 32, 32)).shape == (2, 3, 32, 32)
+        model, info = load_model(paths.model)
+        assert info.arch == arch and model(torch.rand(2, 3, 32, 32)).shape == (2, 3, 32, 32)
 
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("test-train")
@@ -230,7 +232,7 @@ def test_ddp_two_processes_stay_in_sync_and_reduce_metrics(prepared, tmp_path):
     sums = result["weights_checksum_per_rank"]
     assert len(sums) == 2 and sums[0] == sums[1]
     # Rank 0's validation metrics cover the whole val split (both ranks' shards, summed).
-    model, _ = load_trained(work / "models/m.pt")
+    model, _ = load_model(work / "models/m.pt")
     val = load_split(prepared, "val", mmap=False)
     bf16 = result["precision"] == "bf16-autocast"  # validate exactly as training did
     cm, _, n = evaluate(
@@ -300,11 +302,11 @@ def test_image_size_not_divisible_by_depth_is_a_params_error(prepared, tmp_path)
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
 def test_scheduler_constant_is_flat_and_the_others_warm_up(schedule):
-    from petseg.train import _scheduler
+    from petseg.optim import make_scheduler
 
     params = TrainParams(lr=1e-3, schedule=schedule, warmup_fraction=0.2)
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=params.lr)
-    scheduler = _scheduler(optimizer, params, total_steps=20)
+    scheduler = make_scheduler(optimizer, params, total_steps=20)
     lrs = []
     for _ in range(20):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -320,7 +322,7 @@ def test_torchrun_with_one_process_takes_the_distributed_path(monkeypatch):
     """Under torchrun even one process starts a process group and DDP (nccl on one GPU)."""
     import torch.distributed as dist
 
-    from petseg.train import setup_runtime
+    from petseg.runtime import setup_runtime
 
     env = {"TORCHELASTIC_RUN_ID": "t", "WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}
     env |= {"LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
@@ -337,13 +339,13 @@ def test_torchrun_with_one_process_takes_the_distributed_path(monkeypatch):
 
 def test_more_processes_than_gpus_is_a_params_error(monkeypatch):
     from petseg.errors import ParamsError
-    from petseg.train import _pick_device
+    from petseg.device import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert _pick_device("cuda", 0) == torch.device("cuda", 0)
+    assert pick_device("cuda", "train.device", 0) == torch.device("cuda", 0)
     with pytest.raises(ParamsError, match=r"LOCAL_RANK=1 .* 1 CUDA device.*--nproc-per-node"):
-        _pick_device("auto", 1)
+        pick_device("auto", "train.device", 1)
 
 
 def test_weight_average_is_what_is_validated_and_saved(prepared, tmp_path, monkeypatch):
@@ -357,24 +359,24 @@ def test_weight_average_is_what_is_validated_and_saved(prepared, tmp_path, monke
         paths = _paths(tmp_path / f"ema{ema:g}", "unet", prepared)
         params = TrainParams(**{**TINY_TRAIN, "ema_epochs": ema})
         result = train("unet", params, arch, track, paths, progress=False)
-        model, _ = load_trained(paths.model)
+        model, _ = load_model(paths.model)
         cm, _, _ = evaluate(
             model, torch.from_numpy(val.images), torch.from_numpy(val.masks),
             torch.arange(len(val)), Feed(torch.device("cpu"), True), 8, 3, None,
-            result["precision"] == "bf16-autocast",
+            result.precision == "bf16-autocast",
         )  # fmt: skip
         # The saved weights are the ones whose validation picked the best epoch.
-        assert mean_iou(cm) == pytest.approx(result["best_val_miou"], rel=1e-5)
-        best[ema] = result["best_val_miou"]
+        assert mean_iou(cm) == pytest.approx(result.best_val_miou, rel=1e-5)
+        best[ema] = result.best_val_miou
     assert best[0.0] != best[1.0]
 
 
 def test_weight_average_decay_follows_the_horizon_in_epochs():
-    from petseg.train import _weight_average
+    from petseg.optim import weight_average
 
-    assert _weight_average(torch.nn.Linear(1, 1), 0.0, 10) is None
+    assert weight_average(torch.nn.Linear(1, 1), 0.0, 10) is None
     model = torch.nn.Linear(1, 1, bias=False)
-    ema = _weight_average(model, 2.0, 10)  # 20 steps: decay 0.95
+    ema = weight_average(model, 2.0, 10)  # 20 steps: decay 0.95
     with torch.no_grad():
         model.weight.fill_(1.0)
         ema.update_parameters(model)  # the first update copies
