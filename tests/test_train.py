@@ -25,8 +25,7 @@ from petseg.data.preprocess import preprocess
 from petseg.data.synthetic import generate
 from petseg.engine import DivergenceError, Feed, evaluate
 from petseg.metrics import mean_iou
-from petseg.models import ARCHITECTURES
-from petseg.models import load_model
+from petseg.models import ARCHITECTURES, load_model
 from petseg.results import TRAIN_CURVE_COLUMNS as CSV_COLUMNS
 from petseg.train import TrainPaths, train
 
@@ -338,8 +337,8 @@ def test_torchrun_with_one_process_takes_the_distributed_path(monkeypatch):
 
 
 def test_more_processes_than_gpus_is_a_params_error(monkeypatch):
-    from petseg.errors import ParamsError
     from petseg.device import pick_device
+    from petseg.errors import ParamsError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
