@@ -53,16 +53,18 @@ import numpy as np
 import torch
 
 from petseg import CLASSES, NUM_CLASSES, cli, config
+from petseg.checkpoint import fingerprint as train_fingerprint
 from petseg.config import ArchParams, Params, PreprocessParams, TrackingParams, TrainParams
 from petseg.data.prepared import MANIFEST, load_split, read_manifest
 from petseg.data.preprocess import preprocess
-from petseg.engine import precision
+from petseg.device import cpu_name, pick_device, precision
 from petseg.errors import DataError, ParamsError
-from petseg.evaluate import _device, bootstrap_intervals, per_image_confusion, predict, scores
+from petseg.evaluate.inference import predict
+from petseg.evaluate.scores import bootstrap_intervals, per_image_confusion, scores
 from petseg.fileio import atomic_write_json
 from petseg.metrics import confusion_matrix
-from petseg.models import ARCHITECTURES
-from petseg.train import TrainPaths, _fingerprint, cpu_name, load_trained, train
+from petseg.models import ARCHITECTURES, load_model
+from petseg.train import TrainPaths, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared/data/oxford-pets-sample"
@@ -188,7 +190,7 @@ def run_one(
     eval_p: config.EvaluateParams,
 ) -> dict[str, Any]:
     """Train (or reuse / resume) one run and score its best epoch on the test split."""
-    fingerprint = _fingerprint(arch, train_p, arch_p, prepared)
+    fingerprint = train_fingerprint(arch, train_p, arch_p, prepared)
     run_dir = workdir / f"{recipe}-{arch}-s{train_p.seed}-{fingerprint[:8]}"
     paths = TrainPaths(
         prepared=prepared,
@@ -221,11 +223,11 @@ def run_one(
         "recipe": recipe,
         "arch": arch,
         "seed": train_p.seed,
-        "miou": s["miou"],
-        "iou": s["iou"],
-        "pixel_accuracy": s["pixel_accuracy"],
-        "mean_dice": s["mean_dice"],
-        "confusion": s["confusion"],
+        "miou": s.miou,
+        "iou": s.iou,
+        "pixel_accuracy": s.pixel_accuracy,
+        "mean_dice": s.mean_dice,
+        "confusion": s.confusion,
         "image_confusion": per_image_confusion(pred, test.masks).tolist(),  # for the intervals
         "train_seconds": trained["train_seconds"],
         "seconds_per_epoch": _median_epoch_seconds(paths.plot),
@@ -244,8 +246,9 @@ def run_one(
 
 def predict_test_split(model_path: Path, test: Any, eval_p: config.EvaluateParams) -> np.ndarray:
     """The saved model's labels for the test split, as the evaluate stage predicts them."""
-    model, _ = load_trained(model_path)
-    pred, _ = predict(model, test.images, eval_p.batch_size, _device(eval_p.device), eval_p.bf16)
+    model, _ = load_model(model_path)
+    device = pick_device(eval_p.device, "evaluate.device")
+    pred, _ = predict(model, test.images, eval_p.batch_size, device, eval_p.bf16)
     return pred
 
 
@@ -297,8 +300,8 @@ def verdicts(
 ) -> dict[str, Any]:
     """Per arch: default - baseline test mIoU per seed, their mean, PASS if every seed >= MARGIN;
     with each seed's 95% paired-bootstrap interval of the difference over the test images (the
-    evaluate stage's :func:`petseg.evaluate.bootstrap_intervals`), which says how much of it the
-    draw of test images could explain (not how much another seed would)."""
+    evaluate stage's :func:`~petseg.evaluate.scores.bootstrap_intervals`), which says how much of
+    it the draw of test images could explain (not how much another seed would)."""
     by_key = {(r["recipe"], r["arch"], r["seed"]): r for r in results}
     out = {}
     for arch in archs:
@@ -308,8 +311,8 @@ def verdicts(
             deltas[s] = d["miou"] - b["miou"]
             if "image_confusion" in d and "image_confusion" in b:
                 cms = {k: np.asarray(r["image_confusion"]) for k, r in (("d", d), ("b", b))}
-                iv = bootstrap_intervals(cms, resamples)["diff"]["d-b"]["miou"]
-                intervals[s] = (iv["low"], iv["high"])
+                iv = bootstrap_intervals(cms, resamples).difference("d", "b", "miou")
+                intervals[s] = (iv.low, iv.high)
         out[arch] = {
             "delta_per_seed": deltas,
             "interval_per_seed": intervals,
@@ -356,7 +359,7 @@ def main() -> None:
     manifest = prepare(args.data, workdir / "prepared", pre_p)
     test = load_split(workdir / "prepared", "test", mmap=False)
     train_p, models = recipe_params["default"]
-    device = _device(params.evaluate.device)
+    device = pick_device(params.evaluate.device, "evaluate.device")
     torch.set_num_threads(train_p.threads or len(os.sched_getaffinity(0)))
     counts = manifest["counts"]
     header = [

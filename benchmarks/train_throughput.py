@@ -11,7 +11,7 @@ only. Targets are printed as PASS/MISS, never asserted. Sections, in the order t
     ``--mem-archs``, on a prepared set as large as the real one (7,390 images: tiled synthetic
     content in the real prepared format, with a manifest; MLflow to a sqlite store in the work
     folder; log_model and system metrics off). The run is limited by monkeypatching inside the
-    child only: ``petseg.train._epoch_order`` keeps its first ``--mem-steps`` rows and
+    child only: ``petseg.train.epoch_order`` keeps its first ``--mem-steps`` rows and
     ``petseg.train.evaluate`` sees the first ``--mem-val-batches`` validation batches;
     everything else (train/val rows read per batch, model, AdamW state, scheduler, checkpoint,
     MLflow run) is the real code path. Peak = VmHWM of the child; ru_maxrss is printed too, but
@@ -37,7 +37,7 @@ only. Targets are printed as PASS/MISS, never asserted. Sections, in the order t
     kernels on non-Intel CPUs, while the model's convolutions run on oneDNN, so "/1x1" is the
     ceiling the convolutions could really reach. The project's contenders run in the precision
     training uses (``train.bf16``: bf16 autocast where the CPU has native bf16, see
-    ``petseg.engine.native_bf16``); their FLOPs are still divided by the float32 ceilings, i.e.
+    ``petseg.device.native_bf16``); their FLOPs are still divided by the float32 ceilings, i.e.
     the ratio says how much faster than a float32 GEMM the step runs. For the archs in
     ``--explore`` the bare step is also timed in the ``--variants``:
     ``{eager|compiled[:mode]}-{cl|nchw}[-fused][-bf16][-t<N>]`` = eager or ``torch.compile``
@@ -110,9 +110,13 @@ from petseg.config import (
 from petseg.data.oxford import image_path, read_list, trimap_path, trimap_to_labels
 from petseg.data.prepared import MANIFEST, SPLITS
 from petseg.data.synthetic import generate
-from petseg.engine import Feed, autocast, make_loss, on_device, precision, train_one_epoch
+from petseg.device import autocast, cpu_name, precision
+from petseg.engine import Feed, on_device, train_one_epoch
+from petseg.losses import make_loss
 from petseg.models import build_model, gflops_per_image
-from petseg.train import Runtime, _epoch_order, _param_groups, _scheduler, cpu_name
+from petseg.optim import make_scheduler, param_groups
+from petseg.runtime import Runtime
+from petseg.train import epoch_order
 
 CPU = torch.device("cpu")
 DEV = CPU  # --device: where the models train (the feed's source arrays stay in host memory)
@@ -362,10 +366,10 @@ def real_step(
 
 
 def epoch_orders(n: int, batch: int, seed: int) -> Iterator[torch.Tensor]:
-    """Batches of indices as train() deals them (``_epoch_order``), epoch after epoch."""
+    """Batches of indices as train() deals them (``epoch_order``), epoch after epoch."""
     rt, gen = Runtime(0, 1, 0, CPU), torch.Generator().manual_seed(seed)
     while True:
-        yield from _epoch_order(n, n // batch, batch, rt, gen)
+        yield from epoch_order(n, n // batch, batch, rt, gen)
 
 
 def step_flops(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -436,8 +440,8 @@ def bench_arch(
     torch.manual_seed(p.seed)
     model = build_model(arch, models, NUM_CLASSES).to(DEV, memory_format=torch.channels_last)
     init_state = copy.deepcopy(model.state_dict())
-    optimizer = torch.optim.AdamW(_param_groups(model, p.weight_decay), lr=p.lr)
-    scheduler = _scheduler(optimizer, p, 1_000_000)
+    optimizer = torch.optim.AdamW(param_groups(model, p.weight_decay), lr=p.lr)
+    scheduler = make_scheduler(optimizer, p, 1_000_000)
     loss_fn = make_loss(p.class_weights, p.label_smoothing, p.dice_weight, DEV)
     feed = Feed(DEV, p.channels_last, p.augment)
     order = epoch_orders(len(images), args.batch, p.seed)
@@ -468,7 +472,7 @@ def bench_arch(
             fmt = torch.channels_last if v.channels_last else torch.contiguous_format
             m = m.to(DEV, memory_format=fmt)
             opt = torch.optim.AdamW(
-                _param_groups(m, p.weight_decay), lr=p.lr, fused=True if v.fused else None
+                param_groups(m, p.weight_decay), lr=p.lr, fused=True if v.fused else None
             )
             mode = None if v.mode == "default" else v.mode
             net = m if v.mode is None else torch.compile(m, mode=mode)
@@ -478,7 +482,7 @@ def bench_arch(
             contenders.append(variant)
             first_compiled = not any(c.real and c.compiled for c in contenders)
             if v.mode is not None and v.channels_last and args.real_compiled and first_compiled:
-                sch = _scheduler(opt, p, 1_000_000)
+                sch = make_scheduler(opt, p, 1_000_000)
                 step = real_step(
                     net, opt, sch, loss_fn, feed, images, masks, order, aug_gen, v.bf16
                 )
@@ -720,7 +724,7 @@ def memory_child(spec: dict[str, Any]) -> None:
 
     work = Path(spec["work"])
     before = vm_hwm()
-    real_order, real_evaluate = train_mod._epoch_order, train_mod.evaluate
+    real_order, real_evaluate = train_mod.epoch_order, train_mod.evaluate
 
     def few_steps(n, steps, batch, rt, gen):  # the shuffle of a full epoch, first rows only
         return real_order(n, steps, batch, rt, gen)[: spec["steps"]]
@@ -731,7 +735,7 @@ def memory_child(spec: dict[str, Any]) -> None:
             *rest,
         )  # fmt: skip
 
-    train_mod._epoch_order, train_mod.evaluate = few_steps, few_val
+    train_mod.epoch_order, train_mod.evaluate = few_steps, few_val
     arch = spec["arch"]
     t = time.perf_counter()
     result = train_mod.train(
@@ -781,7 +785,7 @@ def bench_memory(
     )
     print(
         f"    limited to {args.mem_steps} train steps and {args.mem_val_batches} validation "
-        "batches by monkeypatching _epoch_order/evaluate inside the child"
+        "batches by monkeypatching epoch_order/evaluate inside the child"
     )
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}")
     env["PYTHONWARNINGS"] = "ignore"

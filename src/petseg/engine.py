@@ -1,9 +1,9 @@
 """The training and evaluation loops: ``train_one_epoch`` and ``evaluate``.
 
-Batches come straight from the prepared uint8 rows (7,390 images at 128² are under 0.5 GB): index
-a batch, move it to the device, convert and augment the whole batch on tensors. No per-sample
-``Dataset``/``DataLoader``: decoding already happened once in ``preprocess``, and a batched affine
-warp costs a few milliseconds on a CPU, far below a training step. On a GPU the splits are copied
+Batches come straight from the prepared uint8 rows (the whole real set at 128 px is a few hundred
+MB): index a batch, move it to the device, convert and augment the whole batch on tensors. No
+per-sample ``Dataset``/``DataLoader``: decoding already happened once in ``preprocess``, and a
+batched affine warp is small next to a training step. On a GPU the splits are copied
 into GPU memory once (:func:`on_device`), so a batch is gathered, augmented and normalised there by
 a few asynchronous kernels, with no host work or host-to-device copy per batch.
 """
@@ -74,8 +74,8 @@ def on_device(
     tensors) in its memory when together they take at most ``share`` of its free memory, else
     ``arrays`` unchanged; on other devices always unchanged (a CPU reads rows where they are).
 
-    Copied ``chunk`` rows at a time, so host memory holds one chunk, not the split. The real
-    train + val splits at 128 px take 0.19 GB: a few per cent of any training GPU.
+    Copied ``chunk`` rows at a time, so host memory holds one chunk, not the split. At 128 px the
+    real train and val splits take a few per cent of any training GPU's memory.
     """
     if device.type != "cuda":
         return arrays

@@ -20,7 +20,7 @@ def gflops_per_image(model: SegmentationModel, image_size: int) -> float:
     products are counted; BatchNorm, ReLU, pooling and unpooling are not (they are memory-bound and
     small next to the convolutions).
     """
-    # Imported here: torch's flop counter pulls in the compiler stack (~75 MB resident), which a
+    # Imported here: torch's flop counter pulls in the compiler stack (tens of MB resident), which a
     # training process would otherwise carry through its memory peak.
     from torch.utils.flop_counter import FlopCounterMode
 
