@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import get_args
 
 import pytest
@@ -18,6 +20,7 @@ from petseg.models import (
     build_model,
     count_params,
     gflops_per_image,
+    model_class,
 )
 from petseg.models.blocks import BLOCKS, Residual, conv_block, conv_bn_relu
 from petseg.models.unpool import max_unpool2x2
@@ -68,6 +71,24 @@ def test_registry_is_immutable_and_ordered():
     assert ARCHITECTURES == ("strided", "unpool", "unet")
     with pytest.raises(TypeError):
         MODELS["other"] = MODELS["unet"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_registry_name_is_the_class_key_and_its_module(name):
+    # One name per architecture: params key, module, class key (used in its error messages).
+    cls = model_class(name)
+    assert cls.key == name and cls.__module__ == f"petseg.models.{name}"
+
+
+def test_registry_imports_an_architecture_only_when_it_is_built():
+    code = (
+        "import sys; from petseg.models import build_model; from petseg.config import ModelsParams;"
+        "build_model('unet', ModelsParams());"
+        "print(sorted(m for m in ('strided', 'unpool', 'unet')"
+        " if f'petseg.models.{m}' in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['unet']"
 
 
 def test_unknown_name_lists_valid_names():
@@ -417,7 +438,7 @@ def test_fused_inference_model_equals_the_model(name, block):
     """BatchNorms folded into the convolutions: same outputs, no BatchNorm left, original intact."""
     from torch import nn
 
-    from petseg.models import fuse_for_inference
+    from petseg.models.inference import fuse_for_inference
 
     torch.manual_seed(0)
     params = ModelsParams.model_validate({name: {"base_width": 8, "depth": 2, "block": block}})

@@ -273,24 +273,38 @@ def test_predicting_and_reporting_never_reach_training_or_mlflow():
         )
 
 
-def _script_stages() -> dict[str, tuple[Path, list[str]]]:
-    """Stage name -> (the ``stages/*.py`` its cmd runs, its deps) for every such stage."""
+# The model registry imports an architecture's module when it builds one (petseg.models.registry):
+# a stage runs petseg.models.<arch> when its cmd passes --arch <arch> or it loads models/<arch>.pt.
+DYNAMIC = re.compile(r"--arch\s+(\w+)|\bmodels/(\w+)\.pt\b")
+
+
+def _script_stages() -> dict[str, tuple[Path, list[str], list[str]]]:
+    """Stage name -> (the ``stages/*.py`` its cmd runs, its deps, the architecture modules the
+    registry imports for it) for every such stage."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     found = {}
     for name, stage in stages.items():
-        match = re.search(r"(?:^|\s)python3?\s+(stages/[\w/]+\.py)\b", str(stage.get("cmd", "")))
+        cmd, deps = str(stage.get("cmd", "")), [str(d) for d in stage.get("deps", [])]
+        match = re.search(r"(?:^|\s)python3?\s+(stages/[\w/]+\.py)\b", cmd)
         if match:
-            found[name] = (ROOT / match.group(1), [str(d) for d in stage.get("deps", [])])
+            archs = {a or b for a, b in DYNAMIC.findall(" ".join([cmd, *deps]))}
+            built = sorted(
+                f"{PACKAGE}.models.{a}" for a in archs if f"{PACKAGE}.models.{a}" in INDEX
+            )
+            found[name] = (ROOT / match.group(1), deps, built)
     return found
 
 
-def project_files_run(script: Path, index: dict[str, Path] = INDEX) -> dict[str, str]:
+def project_files_run(
+    script: Path, index: dict[str, Path] = INDEX, built: Iterable[str] = ()
+) -> dict[str, str]:
     """Project files (relative to ROOT) that ``python <script>`` runs -> the import chain that
-    runs each. Siblings of the script are importable by their bare name, as Python allows."""
+    runs each; ``built`` are modules imported at run time by name (the registry's architectures).
+    Siblings of the script are importable by their bare name, as Python allows."""
     index = index | {p.stem: p for p in script.parent.glob("*.py") if p != script}
     graph = import_graph(index)
     main = str(script.relative_to(ROOT))
-    graph[main] = imports(script, "__main__", index)
+    graph[main] = imports(script, "__main__", index) | {m: 0 for m in built}
     chains = shortest_chains(run_graph(graph), main)
     return {
         str(index[name].relative_to(ROOT)) if name in index else main: " -> ".join(chain)
@@ -304,9 +318,9 @@ STAGES = _script_stages()
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_dvc_stage_deps_are_the_files_its_script_runs(stage):
-    script, deps = STAGES[stage]
+    script, deps, built = STAGES[stage]
     listed = {str(Path(d)) for d in deps if d.endswith(".py")}
-    run = project_files_run(script)
+    run = project_files_run(script, built=built)
     missing = [f"  missing from deps: {f}  ({run[f]})" for f in sorted(set(run) - listed)]
     extra = [f"  listed in deps but never run: {f}" for f in sorted(listed - set(run))]
     if missing or extra:
@@ -323,3 +337,13 @@ def test_every_script_stage_is_checked():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     scripted = {n for n, s in stages.items() if "stages/" in str(s.get("cmd", ""))}
     assert scripted == set(STAGES) and STAGES
+
+
+def test_each_stage_runs_the_architectures_it_builds():
+    # Guards DYNAMIC: a train stage builds its own architecture only; evaluate loads all three.
+    archs = [f"{PACKAGE}.models.{a}" for a in ("strided", "unet", "unpool")]
+    assert {n: STAGES[n][2] for n in STAGES if n.startswith("train_")} == {
+        f"train_{a.rsplit('.', 1)[1]}": [a] for a in archs
+    }
+    assert STAGES["evaluate"][2] == archs
+    assert STAGES["preprocess"][2] == []

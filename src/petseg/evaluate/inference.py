@@ -22,7 +22,7 @@ from petseg.data.oxford import trimap_path, trimap_to_labels
 from petseg.device import autocast
 from petseg.errors import DataError
 from petseg.metrics import confusion_matrix
-from petseg.models import fuse_for_inference
+from petseg.models.inference import fuse_for_inference
 
 
 class PeakMemory:

@@ -11,9 +11,8 @@ only in what the comparison is about:
 """
 
 from petseg.models.cost import count_params, gflops_per_image
-from petseg.models.inference import fuse_for_inference
 from petseg.models.model_file import ModelInfo, load_model, save_model
-from petseg.models.registry import ARCHITECTURES, MODELS, build_model
+from petseg.models.registry import ARCHITECTURES, MODELS, build_model, model_class
 
 __all__ = [
     "ARCHITECTURES",
@@ -21,8 +20,8 @@ __all__ = [
     "ModelInfo",
     "build_model",
     "count_params",
-    "fuse_for_inference",
     "gflops_per_image",
     "load_model",
+    "model_class",
     "save_model",
 ]

@@ -1,7 +1,15 @@
-"""The registry: architecture name -> model class, and the narrow factory that builds one."""
+"""The registry: architecture name -> the class that implements it, and the narrow factory
+:func:`build_model`.
+
+Each class is named by its module and imported when a model of it is first built, not when the
+registry is imported: a train stage thus runs its own architecture's module only, and dvc.yaml lists
+only that one in its deps, so editing ``unet.py`` retrains unet alone. The names are fixed here, in
+the order every table and plot uses.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -9,22 +17,30 @@ from petseg import NUM_CLASSES
 from petseg.config import ModelsParams
 from petseg.errors import ParamsError
 from petseg.models.blocks import SegmentationModel
-from petseg.models.strided import StridedNet
-from petseg.models.unet import UNet
-from petseg.models.unpool import UnpoolNet
 
-MODELS: Mapping[str, type[SegmentationModel]] = MappingProxyType(
-    {cls.key: cls for cls in (StridedNet, UnpoolNet, UNet)}
+MODELS: Mapping[str, str] = MappingProxyType(
+    {
+        "strided": "petseg.models.strided:StridedNet",
+        "unpool": "petseg.models.unpool:UnpoolNet",
+        "unet": "petseg.models.unet:UNet",
+    }
 )
 ARCHITECTURES: tuple[str, ...] = tuple(MODELS)
+
+
+def model_class(name: str) -> type[SegmentationModel]:
+    """The class of architecture ``name`` (its module imported on first use)."""
+    if name not in MODELS:
+        raise ParamsError(f"unknown architecture {name!r}; valid names: {', '.join(ARCHITECTURES)}")
+    module, cls = MODELS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def build_model(
     name: str, params: ModelsParams, num_classes: int = NUM_CLASSES, in_channels: int = 3
 ) -> SegmentationModel:
     """A freshly initialised ``name`` model configured by ``params.<name>`` (models section)."""
-    if name not in MODELS:
-        raise ParamsError(f"unknown architecture {name!r}; valid names: {', '.join(ARCHITECTURES)}")
+    cls = model_class(name)
     # Every key of models.<name> is a keyword of the constructor, so a new key must be wired there.
     arch_params = getattr(params, name).model_dump()
-    return MODELS[name](num_classes=num_classes, in_channels=in_channels, **arch_params)
+    return cls(num_classes=num_classes, in_channels=in_channels, **arch_params)
