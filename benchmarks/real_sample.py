@@ -19,18 +19,16 @@ network's resolution (one dataset-wide confusion matrix). MLflow logs to a sqlit
 work folder (experiments ``real-sample-default`` / ``real-sample-baseline``), without models or
 system metrics. The verdict per architecture is default - baseline mIoU, PASS when >= 0.03.
 
-Budget (one sitting per seed): 2 recipes x 3 architectures at 128 px with params.yaml's 120
-epochs (batch 8: 14 optimizer steps per epoch). On an idle 2-core AMD EPYC (Zen 5, bf16 autocast)
-an epoch (train + validation, 117 + 29 images) takes about 2.9 s for strided and unpool and 3.5 s
-for unet at width 32: 6-7 min per run, about 40 min per seed for all six runs. ``--width 16`` or
-``--epochs`` make a cheaper (but different) comparison; benchmarks/RESULTS.md has the figures.
+Budget: 2 recipes x 3 architectures at 128 px with params.yaml's 120 epochs per seed; the
+measured seconds per epoch and per run are in benchmarks/RESULTS.md. ``--width 16`` or ``--epochs``
+make a cheaper (but different) comparison.
 
 Resumable: every run has its own folder under ``--workdir``, ``<recipe>-<arch>-s<seed>-<fp>``,
 where ``fp`` is train()'s resume fingerprint (train and model params, prepared data). A finished
 run is reused (its result.json), an interrupted one continues from train()'s per-epoch checkpoint.
 Edit params.yaml and rerun: only the default recipe's runs are redone, the baseline's are reused,
-and going back to settings tried before costs nothing (a finished run keeps its model.pt: about
-31 MB for unet at width 32; delete the work folder to reclaim the space).
+and going back to settings tried before costs nothing (a finished run keeps its model.pt; delete
+the work folder to reclaim the space).
 
 Usage: python benchmarks/real_sample.py [--data DIR] [--params params.yaml] [--size 128]
        [--archs strided,unpool,unet] [--epochs N] [--seeds 0 1] [--width W] [--threads T]

@@ -16,11 +16,9 @@ only. Targets are printed as PASS/MISS, never asserted. Sections, in the order t
     everything else (train/val rows read per batch, model, AdamW state, scheduler, checkpoint,
     MLflow run) is the real code path. Peak = VmHWM of the child; ru_maxrss is printed too, but
     Linux carries ru_maxrss over fork+exec, so a child of a big parent would report the parent's
-    peak: that is why (d) runs first, while this process is small. Target <= 2 GiB. About 0.64
-    GiB is resident before training starts (the CUDA build of torch alone is 0.5 GiB on import,
-    MLflow 0.15 GiB); the rest is the model's saved activations, which grow with the batch (unet
-    at width 32: about 26 MB per image in bf16), AdamW state, the weight average and glibc's
-    heap.
+    peak: that is why (d) runs first, while this process is small. Target <= 2 GiB. The peak is
+    what torch and MLflow hold once imported, plus the model's saved activations (they grow with
+    the batch), AdamW state, the weight average and glibc's heap; RESULTS.md has the figures.
 (a) feed overhead: images/s of the REAL training loop -- ``Feed.batch`` from uint8 tensors,
     ``augment_batch`` with the default AugmentParams, then ``engine.train_one_epoch`` with the
     project's loss, parameter groups, AdamW and scheduler -- divided by images/s of the BARE step
