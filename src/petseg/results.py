@@ -22,10 +22,10 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from petseg import CLASSES
 from petseg.errors import DataError
@@ -59,7 +59,11 @@ RUNTIME_COLUMNS = (
 )
 PER_IMAGE_INDEX = "image"  # per_image.csv: this column, then one mIoU column per architecture
 
-HINT = {"train": "run its train stage (dvc repro)", "evaluate": "run dvc repro evaluate"}
+HINT = {
+    "preprocess": "run dvc repro preprocess",
+    "train": "run its train stage (dvc repro)",
+    "evaluate": "run dvc repro evaluate",
+}
 
 
 class Record(BaseModel):
@@ -75,14 +79,24 @@ class Record(BaseModel):
         return value
 
 
+def _every_class(values: dict[str, float]) -> dict[str, float]:
+    # Readers index these by every class name: a missing or misspelt class fails at read, not later.
+    if set(values) != set(CLASSES):
+        raise ValueError(f"names {', '.join(values) or 'no class'}, not {', '.join(CLASSES)}")
+    return values
+
+
+PerClass = Annotated[dict[str, float], AfterValidator(_every_class)]
+
+
 class Scores(Record):
     """Scores of one confusion matrix (:func:`petseg.evaluate.scores.scores`)."""
 
     pixel_accuracy: float
     miou: float
-    iou: dict[str, float]
+    iou: PerClass
     mean_dice: float
-    dice: dict[str, float]
+    dice: PerClass
     binary_pet_iou: float
     confusion: list[list[int]]
 
@@ -142,7 +156,7 @@ class ArchSummary(Record):
     pixel_accuracy: float
     mean_dice: float
     binary_pet_iou: float
-    iou: dict[str, float]
+    iou: PerClass
     train_seconds: float
     inference_images_per_s: float
     params: int
@@ -250,15 +264,19 @@ def parse(kind: type[R], data: Any, where: str, hint: str = HINT["evaluate"]) ->
         raise DataError(f"{where}: {'; '.join(problems)}: {hint}") from None
 
 
-def read(kind: type[R], path: Path, hint: str = HINT["evaluate"]) -> R:
-    """The JSON file ``path`` as a ``kind`` record (see :func:`parse`)."""
+def read_json(path: Path, hint: str = HINT["evaluate"]) -> Any:
+    """The JSON file ``path`` unvalidated; a DataError naming it when absent or malformed."""
     try:
-        data = json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise DataError(f"{path} not found: {hint}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} is not valid JSON ({exc}): {hint}") from None
-    return parse(kind, data, str(path), hint)
+
+
+def read(kind: type[R], path: Path, hint: str = HINT["evaluate"]) -> R:
+    """The JSON file ``path`` as a ``kind`` record (see :func:`parse`)."""
+    return parse(kind, read_json(path, hint), str(path), hint)
 
 
 def read_train(path: Path) -> TrainMetrics:
