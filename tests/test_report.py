@@ -19,6 +19,7 @@ from browser import check_page
 from PIL import Image
 
 from petseg import CLASSES
+from petseg import results as R
 from petseg.config import DataParams, ModelsParams, PreprocessParams, TrainParams
 from petseg.errors import DataError
 from petseg.report import (
@@ -29,6 +30,7 @@ from petseg.report import (
     load_inputs,
     setup_rows,
 )
+from petseg.results import Intervals, Summary, TestMetrics, TrainMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -37,21 +39,29 @@ IMAGES = ["img_1", "img_2", "img_3", "img_4"]
 
 
 def numbers(pet, background, border, *, seconds=100.0, ips=50.0, params=1_000_000, gflops=1.0):
-    """One architecture's results; mIoU is the mean of the three class IoUs."""
+    """One architecture's test results (the fields of TestMetrics but arch, image_size and
+    n_test); mIoU is the mean of the three class IoUs."""
     iou = dict(zip(CLASSES, (pet, background, border), strict=True))
     miou = (pet + background + border) / 3
     dice = {c: 2 * v / (1 + v) for c, v in iou.items()}
-    return {
+    scores = {
         "pixel_accuracy": 0.8 + miou / 10,
         "miou": miou,
         "iou": iou,
         "mean_dice": sum(dice.values()) / 3,
         "dice": dice,
         "binary_pet_iou": pet + 0.0123456,
-        "original_resolution": {"miou": miou - 0.0111111, "iou": iou},
+        "confusion": [[8, 1, 1], [1, 8, 1], [1, 1, 8]],
+    }
+    return {
+        **scores,
+        "original_resolution": {**scores, "miou": miou - 0.0111111},
         "inference_images_per_s": ips,
+        "inference_peak_memory_mb": 120.0,
         "train_seconds": seconds,
         "train_images_per_s": 40.0,
+        "best_epoch": 3,
+        "best_val_miou": miou,
         "params": params,
         "gflops_per_image": gflops,
     }
@@ -75,15 +85,33 @@ TINY_DIFFERENCES = {
 }
 
 
-def summary_of(results):
-    """metrics/summary.json as the evaluate stage writes it."""
-    keys = ("miou", "pixel_accuracy", "mean_dice", "binary_pet_iou", "train_seconds",
-            "inference_images_per_s", "params", "gflops_per_image")  # fmt: skip
-    archs = {
-        a: {**{k: r[k] for k in keys}, **{f"iou_{c}": r["iou"][c] for c in CLASSES}}
-        for a, r in results.items()
-    }
-    return {"architectures": archs, "best": {}}
+def records_of(results) -> dict[str, TestMetrics]:
+    """metrics/test/<arch>.json as the evaluate stage writes them."""
+    return {a: TestMetrics(arch=a, image_size=64, n_test=12, **r) for a, r in results.items()}
+
+
+def summary_of(results, intervals: Intervals | None = None) -> Summary:
+    """metrics/summary.json as the evaluate stage builds it from the test records."""
+    return Summary.of(records_of(results), intervals)
+
+
+def train_record(arch: str, r: dict) -> TrainMetrics:
+    return TrainMetrics(
+        arch=arch, best_epoch=3, best_val_miou=r["miou"], final_val_miou=r["miou"], epochs=3,
+        train_seconds=r["train_seconds"], train_images_per_s=40.0, params=r["params"],
+        gflops_per_image=r["gflops_per_image"], image_size=64, world_size=1, device="cpu",
+        hardware="x86_64 CPU, 2 cores", threads=2, precision="fp32",
+    )  # fmt: skip
+
+
+def _curve(r: dict) -> list[dict]:
+    """plots/train/<arch>.csv: three epochs."""
+    return [
+        {"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_miou": r["miou"] * e / 3,
+         "val_pixel_acc": 0.9, **{f"val_iou_{c}": r["iou"][c] * e / 3 for c in CLASSES},
+         "lr": 0.001, "epoch_seconds": 1.0, "images_per_s": 40.0}
+        for e in (1, 2, 3)
+    ]  # fmt: skip
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -99,41 +127,40 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj))
 
 
+def _write_eval_plots(ev: Path, tests: dict[str, TestMetrics]) -> None:
+    """plots/eval/*.csv as evaluate writes them."""
+    per_image = [
+        {R.PER_IMAGE_INDEX: name, **{a: 0.4 + 0.1 * i for a in tests}}
+        for i, name in enumerate(IMAGES)
+    ]
+    R.write_csv(
+        ev / "confusion.csv", R.CONFUSION_COLUMNS,
+        [{"arch": a, "actual": t, "predicted": p, "pixels": 10, "fraction": float(t == p)}
+         for a in tests for t in CLASSES for p in CLASSES],
+    )  # fmt: skip
+    R.write_csv(
+        ev / "per_class.csv", R.PER_CLASS_COLUMNS,
+        [{"arch": a, "class": c, "iou": r.iou[c], "dice": r.dice[c]}
+         for a, r in tests.items() for c in CLASSES],
+    )  # fmt: skip
+    R.write_csv(
+        ev / "runtime.csv", R.RUNTIME_COLUMNS,
+        [{"arch": a, "train_seconds": r.train_seconds, "train_images_per_s": r.train_images_per_s,
+          "inference_images_per_s": r.inference_images_per_s,
+          "gflops_per_image": r.gflops_per_image, "params": r.params} for a, r in tests.items()],
+    )  # fmt: skip
+    R.write_csv(ev / "per_image.csv", (R.PER_IMAGE_INDEX, *tests), per_image)
+
+
 def write_outputs(root: Path, results: dict, experiments: list[dict] | None = None) -> ReportPaths:
     """A complete fake set of evaluate outputs (and their inputs) under ``root``."""
+    tests = records_of(results)
     for arch, r in results.items():
-        _write_json(root / "metrics/test" / f"{arch}.json", {"arch": arch, "n_test": 12, **r})
-        _write_json(
-            root / "metrics/train" / f"{arch}.json",
-            {"arch": arch, "epochs": 3, "train_seconds": r["train_seconds"], "device": "cpu",
-             "hardware": "x86_64 CPU, 2 cores", "threads": 2, "world_size": 1},
-        )  # fmt: skip
-        _write_csv(
-            root / "plots/train" / f"{arch}.csv",
-            [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_miou": r["miou"] * e / 3}
-             for e in (1, 2, 3)],
-        )  # fmt: skip
-    _write_json(root / "metrics/summary.json", summary_of(results))
-    ev = root / "plots/eval"
-    _write_csv(
-        ev / "confusion.csv",
-        [{"arch": a, "actual": t, "predicted": p, "pixels": 10, "fraction": float(t == p)}
-         for a in results for t in CLASSES for p in CLASSES],
-    )  # fmt: skip
-    _write_csv(
-        ev / "per_class.csv",
-        [{"arch": a, "class": c, "iou": r["iou"][c], "dice": r["dice"][c]}
-         for a, r in results.items() for c in CLASSES],
-    )  # fmt: skip
-    _write_csv(
-        ev / "runtime.csv",
-        [{"arch": a, "train_seconds": r["train_seconds"],
-          "inference_images_per_s": r["inference_images_per_s"]} for a, r in results.items()],
-    )  # fmt: skip
-    _write_csv(
-        ev / "per_image.csv",
-        [{"image": name, **{a: 0.4 + 0.1 * i for a in results}} for i, name in enumerate(IMAGES)],
-    )
+        R.write(root / "metrics/test" / f"{arch}.json", tests[arch])
+        R.write(root / "metrics/train" / f"{arch}.json", train_record(arch, r))
+        R.write_csv(root / "plots/train" / f"{arch}.csv", R.TRAIN_CURVE_COLUMNS, _curve(r))
+    R.write(root / "metrics/summary.json", summary_of(results))
+    _write_eval_plots(root / "plots/eval", tests)
     grid = np.zeros((8, 5 * 8, 3), dtype=np.uint8)
     (root / "plots/predictions").mkdir(parents=True)
     for rank, name in enumerate(IMAGES[:2]):
@@ -559,28 +586,45 @@ def test_stage_missing_input_exits_2_naming_the_file(tmp_path):
     assert not paths.out.exists()
 
 
+def test_a_summary_in_the_flat_schema_is_an_error_naming_the_file_and_key(tmp_path):
+    paths = write_outputs(tmp_path, STRIDED_WINS)
+    summary = json.loads(paths.summary.read_text())
+    row = summary["architectures"]["unet"]
+    row.update({f"iou_{c}": v for c, v in row.pop("iou").items()})
+    paths.summary.write_text(json.dumps(summary))
+    with pytest.raises(DataError) as err:
+        load_inputs(paths)
+    message = str(err.value)
+    assert str(paths.summary) in message and "run dvc repro evaluate" in message
+    assert "architectures.unet.iou missing" in message
+    assert "architectures.unet.iou_border not expected" in message
+
+
 def test_bootstrap_intervals_from_evaluate_back_each_comparison():
-    summary = summary_of(UNET_WINS)  # unet 0.7933, strided 0.6933, unpool 0.6767
-    summary["intervals"] = {
-        "level": 0.95,
-        "resamples": 2000,
-        "over": "82 test images",
-        "miou": {a: {"low": 0.6, "high": 0.8} for a in UNET_WINS},
-        "diff": {  # stored as "a-b" in architecture order; the report flips them as needed
-            "strided-unpool": {
-                "miou": {"low": -0.01, "high": 0.045},
-                "iou_border": {"low": 0.005, "high": 0.035},
+    # unet 0.7933, strided 0.6933, unpool 0.6767
+    intervals = Intervals.model_validate(
+        {
+            "level": 0.95,
+            "resamples": 2000,
+            "over": "82 test images",
+            "miou": {a: {"low": 0.6, "high": 0.8} for a in UNET_WINS},
+            "diff": {  # stored as "a-b" in architecture order; the report flips them as needed
+                "strided-unpool": {
+                    "miou": {"low": -0.01, "high": 0.045},
+                    "iou": {"border": {"low": 0.005, "high": 0.035}},
+                },
+                "strided-unet": {
+                    "miou": {"low": -0.13, "high": -0.07},
+                    "iou": {"border": {"low": -0.2, "high": -0.1}},
+                },
+                "unpool-unet": {
+                    "miou": {"low": -0.15, "high": -0.08},
+                    "iou": {"border": {"low": -0.22, "high": -0.12}},
+                },
             },
-            "strided-unet": {
-                "miou": {"low": -0.13, "high": -0.07},
-                "iou_border": {"low": -0.2, "high": -0.1},
-            },
-            "unpool-unet": {
-                "miou": {"low": -0.15, "high": -0.08},
-                "iou_border": {"low": -0.22, "high": -0.12},
-            },
-        },
-    }
+        }
+    )
+    summary = summary_of(UNET_WINS, intervals)
     facts = discussion(summary, counts=COUNTS, data_source="folder", seed=0)
     interval = "95% interval {} to {} points over resampled test images"
     # the ranking: the interval of unet's lead over the runner-up, strided

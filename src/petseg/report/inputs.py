@@ -1,0 +1,98 @@
+"""What the report reads: the train and evaluate outputs, validated by :mod:`petseg.results`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from petseg import results
+from petseg.errors import DataError
+from petseg.results import HINT, Summary, TestMetrics, TrainMetrics
+
+# The columns of plots/experiments.csv (written by petseg.sweep) that the report reads.
+EXPERIMENT_COLUMNS = ("variant", "arch", "miou")
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    summary: Path  # metrics/summary.json
+    test_metrics: Path  # metrics/test/<arch>.json
+    train_metrics: Path  # metrics/train/<arch>.json
+    train_plots: Path  # plots/train/<arch>.csv
+    eval_plots: Path  # plots/eval/{confusion,per_class,runtime,per_image}.csv
+    predictions: Path  # plots/predictions/*.png
+    manifest: Path  # data/prepared/manifest.json
+    out: Path  # report/: index.html, README.md, figures/
+    experiments: Path | None = None  # plots/experiments.csv; absent = no experiments were run
+
+
+@dataclass(frozen=True)
+class Inputs:
+    summary: Summary
+    test: dict[str, TestMetrics]  # arch -> metrics/test/<arch>.json
+    train: dict[str, TrainMetrics]  # arch -> metrics/train/<arch>.json
+    curves: dict[str, pd.DataFrame]  # arch -> plots/train/<arch>.csv
+    confusion: pd.DataFrame
+    per_class: pd.DataFrame
+    runtime: pd.DataFrame
+    per_image: pd.DataFrame
+    predictions: list[Path]
+    manifest: dict[str, Any]
+    experiments: pd.DataFrame | None
+
+    @property
+    def archs(self) -> list[str]:
+        return self.summary.archs
+
+
+def load_inputs(paths: ReportPaths) -> Inputs:
+    """Read every input; a missing or malformed one is a :class:`DataError` naming the file."""
+    summary = results.read(Summary, paths.summary)
+    if not summary.architectures:
+        raise DataError(f"{paths.summary} lists no architectures: {HINT['evaluate']}")
+    archs = summary.archs
+    ev = paths.eval_plots
+    return Inputs(
+        summary=summary,
+        test={a: results.read(TestMetrics, paths.test_metrics / f"{a}.json") for a in archs},
+        train={a: results.read_train(paths.train_metrics / f"{a}.json") for a in archs},
+        curves={
+            a: results.read_csv(
+                paths.train_plots / f"{a}.csv", results.TRAIN_CURVE_COLUMNS, HINT["train"]
+            )
+            for a in archs
+        },
+        confusion=results.read_csv(ev / "confusion.csv", results.CONFUSION_COLUMNS),
+        per_class=results.read_csv(ev / "per_class.csv", results.PER_CLASS_COLUMNS),
+        runtime=results.read_csv(ev / "runtime.csv", results.RUNTIME_COLUMNS),
+        per_image=results.read_csv(ev / "per_image.csv", (results.PER_IMAGE_INDEX, *archs)),
+        predictions=_predictions(paths.predictions),
+        manifest=_manifest(paths.manifest),
+        experiments=_experiments(paths.experiments),
+    )
+
+
+def _predictions(folder: Path) -> list[Path]:
+    """The evaluate stage's prediction grids (it may have written none)."""
+    if not folder.is_dir():
+        raise DataError(f"{folder} not found: {HINT['evaluate']}")
+    return sorted(folder.glob("*.png"))
+
+
+def _manifest(path: Path) -> dict[str, Any]:
+    manifest = results.read_json(path, HINT["preprocess"])
+    if not isinstance(manifest, dict) or "counts" not in manifest:
+        raise DataError(f"{path} lacks counts: {HINT['preprocess']}")
+    return manifest
+
+
+def _experiments(path: Path | None) -> pd.DataFrame | None:
+    """plots/experiments.csv, or None when no sweep has run."""
+    if path is None or not path.exists():
+        return None
+    experiments = results.read_csv(path, EXPERIMENT_COLUMNS, "rerun make sweep")
+    # The committed file is a header only until make sweep fills it.
+    return None if experiments.empty else experiments

@@ -1,0 +1,233 @@
+"""The two renderings of one :class:`Report`: self-contained HTML and Markdown with PNG files."""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from petseg import CLASSES, ERROR_COLOUR, PALETTE
+from petseg.report.figures import Chart, Example
+from petseg.report.tables import Table
+
+# Colours of the prediction grids, as hex for the legend.
+LEGEND = {c: "#{:02x}{:02x}{:02x}".format(*rgb) for c, rgb in zip(CLASSES, PALETTE, strict=True)}
+ERROR_HEX = "#{:02x}{:02x}{:02x}".format(*ERROR_COLOUR)
+LEGEND_WORDS = {"pet": "orange", "background": "dark grey", "border": "pale yellow"}
+
+
+@dataclass(frozen=True)
+class Report:
+    setup: list[tuple[str, str]]
+    metrics: Table
+    discussion: list[str]
+    charts: list[Chart]
+    archs: list[str]
+    examples: list[Example]
+    regularization: Table | None
+    regularization_chart: Chart | None = None
+
+
+TITLE = "petseg: strided vs unpool vs U-Net on Oxford-IIIT Pet trimaps"
+METRICS_NOTE = (
+    "Test split at the training resolution unless noted. ↑ higher is better, ↓ lower is better; "
+    "the best value of each column is in bold with ★."
+)
+REG_NOTE = (
+    "Test mIoU per regularization variant and architecture: mean ± sample standard deviation over "
+    "runs (seeds). baseline trains without augmentation, dropout, weight decay or label smoothing; "
+    "each variant turns one of them on, all turns on all four (DVC experiments of make sweep, "
+    "collected from dvc exp show into plots/experiments.csv)."
+)
+NO_REG = (
+    "No regularization experiments were run (plots/experiments.csv is absent or empty): "
+    "make sweep runs them."
+)
+NO_EXAMPLES = "The evaluate stage wrote no prediction images."
+
+
+def _grid_intro(archs: Sequence[str]) -> str:
+    order = " | ".join(["input", "ground truth", *archs])
+    return (
+        f"Each row: {order}. Under each prediction, its error map: the input dimmed to grey, "
+        f"every wrongly labelled pixel in red ({ERROR_HEX}). Rows are the evaluate stage's "
+        "examples (fixed test images and the hardest ones); the caption gives the image name "
+        "and its lowest per-image mIoU over the architectures."
+    )
+
+
+def _legend_text() -> str:
+    return ", ".join(f"{c} {LEGEND_WORDS[c]} ({LEGEND[c]})" for c in CLASSES)
+
+
+# ------------------------------------------------------------------------------------- HTML
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
+       max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; }
+h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: .92em; }
+th, td { border: 1px solid #ccc; padding: .3em .6em; }
+th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.best { background: #fff4d6; }
+table.setup th { text-align: left; vertical-align: top; white-space: nowrap; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; }
+figcaption { color: #555; font-size: .9em; }
+img.grid { image-rendering: pixelated; }
+.swatch { display: inline-block; width: 1em; height: 1em; border: 1px solid #888;
+          vertical-align: middle; margin: 0 .3em 0 .8em; }
+.note { color: #555; font-size: .9em; }
+"""
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _html_table(table: Table, cls: str) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in table.header)
+    body = []
+    for i, row in enumerate(table.rows):
+        cells = []
+        for j, cell in enumerate(row):
+            classes = (["num"] if j >= table.numeric_from else []) + (
+                ["best"] if (i, j) in table.best else []
+            )
+            attr = f' class="{" ".join(classes)}"' if classes else ""
+            text = f"<strong>{e(cell)} ★</strong>" if (i, j) in table.best else e(cell)
+            cells.append(f"<td{attr}>{text}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f'<table class="{cls}">\n<tr>{head}</tr>\n' + "\n".join(body) + "\n</table>"
+
+
+def _html_figure(chart: Chart) -> str:
+    e = html.escape
+    return (
+        f'<figure id="{chart.name}"><img src="{_data_uri(chart.png)}" alt="{e(chart.title)}">'
+        f"<figcaption><b>{e(chart.title)}.</b> {e(chart.caption)}</figcaption></figure>"
+    )
+
+
+def render_html(report: Report) -> str:
+    e = html.escape
+    setup = "\n".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in report.setup)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        f'<head><meta charset="utf-8"><title>{e(TITLE)}</title><style>{CSS}</style></head>',
+        "<body>",
+        f"<h1>{e(TITLE)}</h1>",
+        '<p class="note">Generated by the report stage from metrics/, plots/ and '
+        "data/prepared/manifest.json. Self-contained: every figure is embedded.</p>",
+        "<h2>Setup</h2>",
+        f'<table class="setup">\n{setup}\n</table>',
+        "<h2>Test metrics</h2>",
+        f'<p class="note">{e(METRICS_NOTE)}</p>',
+        _html_table(report.metrics, "metrics"),
+        "<h2>Discussion</h2>",
+        '<ul class="discussion">',
+        *(f"<li>{e(s)}</li>" for s in report.discussion),
+        "</ul>",
+        "<h2>Figures</h2>",
+        *(_html_figure(chart) for chart in report.charts),
+    ]
+    parts += _html_predictions(report) + _html_regularization(report)
+    return "\n".join([*parts, "</body>", "</html>", ""])
+
+
+def _html_predictions(report: Report) -> list[str]:
+    e = html.escape
+    legend = "".join(
+        f'<span class="swatch" style="background:{LEGEND[c]}"></span>{e(c)} ({LEGEND_WORDS[c]})'
+        for c in CLASSES
+    )
+    parts = [
+        "<h2>Predictions</h2>",
+        f"<p>{e(_grid_intro(report.archs))}</p>",
+        f"<p>Colours:{legend}</p>",
+    ]
+    if not report.examples:
+        parts.append(f"<p>{e(NO_EXAMPLES)}</p>")
+    for ex in report.examples:
+        parts.append(
+            f'<figure><img class="grid" src="{_data_uri(ex.png)}" alt="{e(ex.filename)}">'
+            f"<figcaption>{e(ex.caption)}</figcaption></figure>"
+        )
+    return parts
+
+
+def _html_regularization(report: Report) -> list[str]:
+    e = html.escape
+    if report.regularization is None:
+        return ["<h2>Regularization</h2>", f"<p>{e(NO_REG)}</p>"]
+    parts = [
+        "<h2>Regularization</h2>",
+        f'<p class="note">{e(REG_NOTE)}</p>',
+        _html_table(report.regularization, "regularization"),
+    ]
+    if report.regularization_chart is not None:
+        parts.append(_html_figure(report.regularization_chart))
+    return parts
+
+
+# --------------------------------------------------------------------------------- Markdown
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _md_table(table: Table) -> str:
+    align = ["---" if j < table.numeric_from else "--:" for j in range(len(table.header))]
+    lines = ["| " + " | ".join(map(_md_cell, table.header)) + " |", "|" + "|".join(align) + "|"]
+    for i, row in enumerate(table.rows):
+        cells = [
+            f"**{_md_cell(c)} ★**" if (i, j) in table.best else _md_cell(c)
+            for j, c in enumerate(row)
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _md_figure(chart: Chart) -> list[str]:
+    image = f"![{chart.title}](figures/{chart.name}.png)"
+    return [image, "", f"*{chart.title}.* {chart.caption}", ""]
+
+
+def render_markdown(report: Report) -> str:
+    lines = [
+        f"# {TITLE}",
+        "",
+        "Generated by the report stage; a self-contained version with the "
+        "same content is `index.html`.",
+        "",
+        "## Setup",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
+    lines += [f"| **{_md_cell(k)}** | {_md_cell(v)} |" for k, v in report.setup]
+    lines += ["", "## Test metrics", "", METRICS_NOTE, "", _md_table(report.metrics), ""]
+    lines += ["## Discussion", "", *(f"- {s}" for s in report.discussion), "", "## Figures", ""]
+    for chart in report.charts:
+        lines += _md_figure(chart)
+    lines += [
+        "## Predictions",
+        "",
+        _grid_intro(report.archs),
+        "",
+        f"Colours: {_legend_text()}.",
+        "",
+    ]
+    if not report.examples:
+        lines += [NO_EXAMPLES, ""]
+    for ex in report.examples:
+        lines += [f"![{ex.filename}](figures/predictions/{ex.filename})", "", ex.caption, ""]
+    lines += ["## Regularization", ""]
+    if report.regularization is None:
+        lines += [NO_REG, ""]
+    else:
+        lines += [REG_NOTE, "", _md_table(report.regularization), ""]
+        if report.regularization_chart is not None:
+            lines += _md_figure(report.regularization_chart)
+    return "\n".join(lines)
