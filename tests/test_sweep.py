@@ -23,8 +23,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
-from petseg import config, sweep, tracking
-from petseg.errors import ParamsError
+from petseg import CLASSES, config, sweep, tracking
+from petseg.errors import DataError, ParamsError
+from petseg.results import ArchSummary, Summary
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = config.Params().model_dump()  # the defaults: augmentation and weight decay on
@@ -79,13 +80,23 @@ def test_plan_names_experiments_and_validates_every_one_before_queueing():
 
 
 # ------------------------------------------------------------------------------ collection
+def _row(miou: float) -> ArchSummary:
+    """One architecture's row of metrics/summary.json."""
+    return ArchSummary(
+        miou=miou, pixel_accuracy=0.9, mean_dice=0.8, binary_pet_iou=0.7,
+        iou=dict.fromkeys(CLASSES, miou), train_seconds=10.0, inference_images_per_s=50.0,
+        params=1000, gflops_per_image=0.1,
+    )  # fmt: skip
+
+
 def _exp(name: str, state: str, miou: float, **sets) -> dict:
     """One experiment as `dvc exp show --json` lists it (dvc 3.67)."""
     params = sweep._with(PARAMS, {**sweep.overrides("baseline"), **sets})
-    archs = {a: {"miou": miou + i / 100, "pixel_accuracy": 0.9} for i, a in enumerate(sweep.ARCHS)}
+    archs = {a: _row(miou + i / 100) for i, a in enumerate(sweep.ARCHS)}
+    summary = Summary(architectures=archs, best={}).model_dump(exclude_none=True)
     data = {
         "params": {"params.yaml": {"data": params}},
-        "metrics": {"metrics/summary.json": {"data": {"architectures": archs}}},
+        "metrics": {"metrics/summary.json": {"data": summary}},
     }
     error = {"msg": "Experiment run failed", "type": ""} if state == "failed" else None
     return {
@@ -143,6 +154,23 @@ def test_collect_refuses_experiments_with_different_recipes(tmp_path):
     )
     with pytest.raises(sweep.SweepError, match=r"models\.strided\.dropout = 0\.5 vs 0\.2"):
         sweep.collect(sweep.parse_exp_show(show))
+
+
+def test_collect_refuses_a_summary_that_does_not_match_the_schema():
+    flat = _exp("reg-baseline-s0", "success", 0.4)
+    rows = flat["revs"][0]["data"]["metrics"]["metrics/summary.json"]["data"]["architectures"]
+    rows["unet"]["iou_border"] = rows["unet"].pop("iou")["border"]
+    with pytest.raises(DataError) as err:
+        sweep.collect(sweep.parse_exp_show(_show(flat)))
+    message = str(err.value)
+    assert message.startswith("experiment reg-baseline-s0 metrics/summary.json: ")
+    assert "architectures.unet.iou missing" in message
+    assert "architectures.unet.iou_border not expected" in message
+    assert "dvc exp remove reg-baseline-s0" in message
+    empty = _exp("reg-baseline-s0", "success", 0.4)
+    empty["revs"][0]["data"]["metrics"] = {}
+    with pytest.raises(sweep.SweepError, match="has no metrics/summary.json architectures"):
+        sweep.collect(sweep.parse_exp_show(_show(empty)))
 
 
 # -------------------------------------------------------------------------------- tracking

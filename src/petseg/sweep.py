@@ -36,7 +36,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from petseg import cli, config
+from petseg import cli, config, results
 from petseg.errors import ParamsError, PetsegError
 from petseg.fileio import atomic_write_bytes
 from petseg.preset import read_preset
@@ -222,23 +222,21 @@ def collect(experiments: Sequence[Experiment], prefix: str = "reg") -> list[dict
     """Rows of plots/experiments.csv: each successful ``<prefix>-*`` experiment x architecture.
 
     Raises :class:`SweepError` when their recipes differ beyond the regularizers and the seed
-    (experiments left from a sweep with other settings), or one variant has two settings.
+    (experiments left from a sweep with other settings), or one variant has two settings; a
+    :class:`~petseg.errors.DataError` when a summary does not match :mod:`petseg.results`.
     """
     done = [e for e in experiments if e.state == "success" and e.name.startswith(f"{prefix}-")]
     _check_comparable(done)
     rows = []
     for exp in done:
-        archs = (exp.summary or {}).get("architectures")
-        if not archs:
-            raise SweepError(f"experiment {exp.name} has no metrics/summary.json architectures")
-        for arch, metrics in archs.items():
+        for arch, row in _summary(exp).architectures.items():
             rows.append(
                 {
                     "experiment": exp.name,
                     "variant": variant_of(exp.params),
                     "arch": arch,
                     "seed": _flat(exp.params).get(SEED),
-                    "miou": float(metrics["miou"]),
+                    "miou": row.miou,
                 }
             )
     order = {v: i for i, v in enumerate(VARIANTS)}
@@ -254,6 +252,19 @@ def collect(experiments: Sequence[Experiment], prefix: str = "reg") -> list[dict
         )
     )
     return rows
+
+
+def _summary(exp: Experiment) -> results.Summary:
+    """The experiment's metrics/summary.json, validated; a DataError naming a bad key."""
+    missing = SweepError(f"experiment {exp.name} has no metrics/summary.json architectures")
+    if not exp.summary:
+        raise missing
+    where = f"experiment {exp.name} metrics/summary.json"
+    hint = f"rerun it or remove it (dvc exp remove {exp.name})"
+    summary = results.parse(results.Summary, exp.summary, where, hint)
+    if not summary.architectures:
+        raise missing
+    return summary
 
 
 def _check_comparable(done: Sequence[Experiment]) -> None:
