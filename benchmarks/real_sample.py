@@ -120,7 +120,7 @@ def recipes(
     params: Params, archs: list[str]
 ) -> dict[str, tuple[TrainParams, dict[str, ArchParams]]]:
     """recipe -> (train params, arch -> model params): params.yaml's own, and the baseline."""
-    models = {a: getattr(params.models, a) for a in archs}
+    models = {a: params.models.of(a) for a in archs}
     return {
         "default": (params.train, models),
         "baseline": (

@@ -26,7 +26,7 @@ def main() -> None:
         result = train(
             args.arch,
             config.load_section(args.params, "train"),
-            getattr(models, args.arch),
+            models.of(args.arch),
             track,
             TrainPaths(args.prepared, args.model, args.metrics, args.plot, args.checkpoints),
             data_source=config.load_section(args.params, "data").source,

@@ -7,8 +7,16 @@ import numpy as np
 import torch
 
 from petseg import ERROR_COLOUR, NUM_CLASSES, PALETTE
+from petseg.evaluate.cost import _round_robin, _timings, time_steps
 from petseg.evaluate.grids import error_map, grid_row
-from petseg.evaluate.scores import bootstrap_intervals, per_image_confusion, per_image_miou
+from petseg.evaluate.scores import (
+    bootstrap_intervals,
+    boundary_counts,
+    boundary_iou,
+    boundary_width,
+    per_image_confusion,
+    per_image_miou,
+)
 from petseg.metrics import confusion_matrix, mean_iou
 
 
@@ -101,3 +109,93 @@ def test_bootstrap_interval_separates_a_clearly_better_model_and_not_a_copy():
         assert iv.miou[arch].low <= whole <= iv.miou[arch].high
     assert bootstrap_intervals(cms, resamples=600, seed=3) == iv  # deterministic for a seed
     assert bootstrap_intervals(cms, resamples=600, seed=4) != iv
+
+
+# ------------------------------------------------------------------------------ Boundary IoU
+def _square(top: int, left: int, side: int, size: int = 10) -> np.ndarray:
+    mask = np.ones((size, size), dtype=np.uint8)  # background
+    mask[top : top + side, left : left + side] = 0  # pet
+    return mask
+
+
+def _biou(pred: np.ndarray, truth: np.ndarray) -> float:
+    return boundary_iou(boundary_counts(pred[None], truth[None]).sum(0))
+
+
+def test_boundary_iou_on_hand_counted_masks():
+    truth = _square(2, 2, 6)  # 6x6 pet; at 10x10 the band is 1 px: a ring of 36 - 16 = 20
+    assert boundary_width(10, 10) == 1 and boundary_width(128, 128) == 4
+    assert boundary_counts(truth[None], truth[None]).tolist() == [[20, 20]]
+    assert _biou(np.ones_like(truth), truth) == 0.0  # nothing predicted: 0 / 20
+    blob = truth.copy()
+    blob[0:2, 8:10] = 0  # a 2x2 blob in the corner: all 4 pixels are band
+    assert boundary_counts(blob[None], truth[None]).tolist() == [[20, 24]]
+    # One pixel too small all round: region IoU 16/36, but no outline pixel is right.
+    shrunk = _square(3, 3, 4)
+    assert boundary_counts(shrunk[None], truth[None]).tolist() == [[0, 32]]
+    # A mask that fills the image has its contour at the image edge (zero padding).
+    full = np.zeros((10, 10), dtype=np.uint8)
+    assert boundary_counts(full[None], full[None]).tolist() == [[36, 36]]
+    empty = np.ones((10, 10), dtype=np.uint8)
+    assert np.isnan(_biou(empty, empty))  # no pet in either: undefined, not perfect
+
+
+def test_bootstrap_covers_boundary_iou_when_counts_are_given():
+    pred_good, masks = _predictions(0, accuracy=0.9)
+    pred_bad = np.where(np.random.default_rng(1).random(masks.shape) < 0.6, masks, 1)
+    cms = {
+        "unet": per_image_confusion(pred_good, masks),
+        "strided": per_image_confusion(pred_bad, masks),
+    }
+    bands = {"unet": boundary_counts(pred_good, masks), "strided": boundary_counts(pred_bad, masks)}
+    iv = bootstrap_intervals(cms, resamples=300, seed=0, boundary=bands)
+    point = _biou_sum(bands["unet"]) - _biou_sum(bands["strided"])
+    diff = iv.difference("unet", "strided", "boundary_iou")
+    assert diff.low < point < diff.high and diff.low > 0
+    without = bootstrap_intervals(cms, resamples=300, seed=0)
+    assert without.difference("unet", "strided", "boundary_iou") is None
+    # The other intervals do not depend on whether boundary counts were resampled too.
+    assert without.difference("unet", "strided", "miou") == iv.difference("unet", "strided", "miou")
+
+
+def _biou_sum(counts: np.ndarray) -> float:
+    return boundary_iou(counts.sum(0))
+
+
+# ----------------------------------------------------------------------------- step costs
+def test_round_robin_rotates_the_order_and_times_every_step():
+    calls = []
+    steps = {name: (lambda n=name: calls.append(n)) for name in ("a", "b", "c")}
+    ms = _round_robin(steps, rounds=3, device=torch.device("cpu"))
+    assert ms.shape == (3, 3) and (ms >= 0).all()
+    assert calls[:3] == ["a", "b", "c"]  # warm-up
+    assert calls[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+
+
+def test_ratios_are_per_round_against_the_fastest_with_quartiles():
+    # b is always twice a; round 2 is disturbed (everything 10x slower): ratios do not move.
+    ms = np.array([[1.0, 2.0, 1.1], [10.0, 20.0, 9.0], [1.0, 2.0, 1.2], [1.0, 2.0, 1.0]])
+    ref, t = _timings(ms, ["a", "b", "c"])
+    assert ref == "a"
+    assert t["a"].ratio == t["a"].ratio_low == t["a"].ratio_high == 1.0
+    assert t["b"].ratio == t["b"].ratio_low == t["b"].ratio_high == 2.0
+    assert t["c"].ratio_low < 1.0 < t["c"].ratio_high  # c and a: within noise
+    assert t["b"].ms == 2.0  # the median, unmoved by the disturbed round
+
+
+def test_time_steps_measures_every_network_in_one_process():
+    from petseg.config import ModelsParams
+    from petseg.models import build_model
+
+    params = ModelsParams.model_validate(
+        {a: {"depth": 2, "base_width": 4} for a in ("strided", "unet")}
+    )
+    models = {a: build_model(a, params) for a in ("strided", "unet")}
+    costs, setup = time_steps(
+        models, batch=2, image_size=16, rounds=3, device=torch.device("cpu"), bf16=False
+    )
+    assert set(costs) == {"strided", "unet"} and setup.rounds == 3 and setup.batch == 2
+    for step in ("train_step", "inference_batch"):
+        ref = setup.reference[step]
+        assert getattr(costs[ref], step).ratio == 1.0
+        assert all(getattr(c, step).ms > 0 for c in costs.values())

@@ -68,7 +68,7 @@ def deterministic_mode():
 
 
 def test_registry_is_immutable_and_ordered():
-    assert ARCHITECTURES == ("strided", "unpool", "unet")
+    assert ARCHITECTURES == ("strided", "unpool", "unet", "unet_noskip")
     with pytest.raises(TypeError):
         MODELS["other"] = MODELS["unet"]  # type: ignore[index]
 
@@ -397,19 +397,20 @@ def test_bottleneck_reduces_params_and_flops(name, block):
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_block_params_reach_the_model_from_params_yaml_values(name):
+    section = config.ARCH_SECTIONS[name]  # unet_noskip is configured by models.unet
     params = config.validate(
-        {"models": {name: {**TINY, "block": "separable", "bottleneck": 2}}}
+        {"models": {section: {**TINY, "block": "separable", "bottleneck": 2}}}
     ).models
     model = build_model(name, params)
     depthwise = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
     assert depthwise and all(m.groups == m.in_channels == m.out_channels for m in depthwise)
     # bottleneck 2: the stem's 3x3 runs at half of base_width
     assert depthwise[0].in_channels == TINY["base_width"] // 2
-    default = build_model(name, config.validate({"models": {name: TINY}}).models)
+    default = build_model(name, config.validate({"models": {section: TINY}}).models)
     assert not any(m.groups > 1 for m in default.modules() if isinstance(m, nn.Conv2d))
 
 
-@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize("name", sorted(set(config.ARCH_SECTIONS.values())))
 @pytest.mark.parametrize(
     ("key", "value", "needle"),
     [
@@ -441,7 +442,8 @@ def test_fused_inference_model_equals_the_model(name, block):
     from petseg.models.inference import fuse_for_inference
 
     torch.manual_seed(0)
-    params = ModelsParams.model_validate({name: {"base_width": 8, "depth": 2, "block": block}})
+    section = config.ARCH_SECTIONS[name]
+    params = ModelsParams.model_validate({section: {"base_width": 8, "depth": 2, "block": block}})
     model = build_model(name, params)
     model.train()
     with torch.no_grad():  # non-trivial running statistics and affine parameters
@@ -457,3 +459,29 @@ def test_fused_inference_model_equals_the_model(name, block):
         torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=1e-4)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) > 0
+
+
+# ------------------------------------------------------------------------ the skip ablation
+def test_skip_ablation_costs_exactly_what_the_unet_costs():
+    unet, ablation = tiny("unet"), tiny("unet_noskip")
+    assert count_params(ablation) == count_params(unet)
+    assert gflops_per_image(ablation, SIZE) == gflops_per_image(unet, SIZE)
+    # Configured by models.unet: the two cannot drift apart.
+    params = tiny_params(base_width=4)
+    assert count_params(build_model("unet_noskip", params)) == count_params(
+        build_model("unet", params)
+    )
+
+
+@pytest.mark.parametrize(("name", "skips_matter"), [("unet", True), ("unet_noskip", False)])
+def test_only_the_unet_output_depends_on_what_travels_through_its_skips(name, skips_matter):
+    model = tiny(name).train()  # train mode: see varied()
+    x = images()
+    with torch.no_grad():
+        before = varied(model(x))
+        original = model.skip
+        noise = torch.Generator().manual_seed(3)
+        # Perturb the encoder features on their way into the skip path only.
+        model.skip = lambda f: original(f + torch.randn(f.shape, generator=noise))
+        after = model(x)
+    assert (not torch.allclose(before, after, atol=1e-5)) == skips_matter

@@ -1,6 +1,7 @@
 """The demo preset edits params.yaml in place, keeps its comments and validates the result."""
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def params(tmp_path):
+    """The committed params.yaml: after `make demo` the workspace copy already holds the preset."""
     path = tmp_path / "params.yaml"
-    shutil.copy(ROOT / "params.yaml", path)
+    committed = subprocess.run(
+        ["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True
+    )
+    if committed.returncode == 0:
+        path.write_text(committed.stdout)
+    else:  # not a git checkout (an unpacked sdist): the file as it is
+        shutil.copy(ROOT / "params.yaml", path)
     return path
 
 

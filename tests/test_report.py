@@ -64,6 +64,8 @@ def numbers(pet, background, border, *, seconds=100.0, ips=50.0, params=1_000_00
         "best_val_miou": miou,
         "params": params,
         "gflops_per_image": gflops,
+        "boundary_iou": pet - 0.2,
+        "epochs": 5,  # best epoch 3 of 5: training had converged
     }
 
 
@@ -354,7 +356,7 @@ def test_equal_timings_are_not_ranked():
 
 def test_caveats_follow_the_inputs():
     synthetic = " ".join(_facts(STRIDED_WINS))
-    assert "trained once (seed 7)" in synthetic
+    assert "one training seed (seed 7)" in synthetic
     assert "below about 1 point of mIoU may be noise" in synthetic
     assert "12 test images" in synthetic and "80 training" in synthetic
     assert "synthetic" in synthetic
@@ -373,13 +375,14 @@ SCORE_COLUMNS = {
     "IoU border ↑": lambda r: r["iou"]["border"],
     "Mean Dice ↑": lambda r: r["mean_dice"],
     "Binary pet IoU ↑": lambda r: r["binary_pet_iou"],
+    "Boundary IoU ↑": lambda r: r["boundary_iou"],
     "mIoU orig. res. ↑": lambda r: r["original_resolution"]["miou"],
 }
 COST_COLUMNS = {
     "Params (M) ↓": (lambda r: r["params"] / 1e6, 3),
     "GFLOPs/img ↓": (lambda r: r["gflops_per_image"], 4),
-    "Train s ↓": (lambda r: r["train_seconds"], 1),
-    "Inference img/s ↑": (lambda r: r["inference_images_per_s"], 1),
+    "Train s (wall) ↓": (lambda r: r["train_seconds"], 1),
+    "Inference img/s (wall) ↑": (lambda r: r["inference_images_per_s"], 1),
 }
 
 
@@ -407,7 +410,8 @@ def test_markdown_table_equals_the_metrics_json(strided_report):
 
 
 BEST = {"mIoU ↑": "strided", "IoU border ↑": "strided", "Params (M) ↓": "unpool",
-        "GFLOPs/img ↓": "unpool", "Train s ↓": "unpool", "Inference img/s ↑": "unpool"}  # fmt: skip
+        "GFLOPs/img ↓": "unpool", "Train s (wall) ↓": "unpool",
+        "Inference img/s (wall) ↑": "unpool"}  # fmt: skip
 
 
 def test_best_value_per_column_is_marked_on_the_right_cell(strided_report):
@@ -640,3 +644,124 @@ def test_bootstrap_intervals_from_evaluate_back_each_comparison():
     assert "paired bootstrap: 2000 resamples of the 82 test images" in caveat
     assert "second training seed" in caveat and "differences below about" not in caveat
     assert "noise of a single seed" not in " ".join(facts)
+
+
+# ------------------------------------------------- the ablation, failures, ties, step costs
+def _collapsed(share_bg: float = 0.995) -> dict:
+    """A network that predicts (almost) only background."""
+    r = numbers(0.0, 0.55, 0.0)
+    n = 1000
+    bg = round(share_bg * n)
+    r["confusion"] = [[0, 300, 0], [0, 550, 0], [0, bg - 850, n - bg]]
+    return r
+
+
+WITH_ABLATION = {
+    "strided": numbers(0.80, 0.88, 0.40),
+    "unpool": numbers(0.81, 0.88, 0.42),
+    "unet": dict(numbers(0.86, 0.92, 0.52), boundary_iou=0.70),
+    "unet_noskip": dict(numbers(0.84, 0.91, 0.41), boundary_iou=0.55),
+}
+
+
+def _ablation_intervals(low: float, high: float) -> Intervals:
+    pairs = {}
+    archs = list(WITH_ABLATION)
+    for i, a in enumerate(archs):
+        for b in archs[i + 1 :]:
+            iv = {"low": low, "high": high}
+            pairs[f"{a}-{b}"] = {"miou": iv, "iou": {"border": iv}, "boundary_iou": iv}
+    return Intervals.model_validate(
+        {"level": 0.95, "resamples": 100, "over": "12 test images",
+         "miou": {a: {"low": 0.5, "high": 0.9} for a in archs}, "diff": pairs}
+    )  # fmt: skip
+
+
+def test_skips_are_judged_against_the_ablation_with_what_it_controls():
+    facts = discussion(
+        summary_of(WITH_ABLATION, _ablation_intervals(0.01, 0.2)),
+        counts=COUNTS, data_source="folder",
+    )  # fmt: skip
+    skips = [f for f in facts if f.startswith("Skip connections")]
+    assert len(skips) == 1 and skips[0].startswith(
+        "Skip connections helped: unet against unet_noskip"
+    )
+    assert "Boundary IoU 0.7000 vs 0.5500 (+15.00 points" in skips[0]
+    text = " ".join(facts)
+    assert "same layers, parameters and FLOPs" in text
+    assert "Where they act: the change is largest at outlines" in text
+    assert "border IoU +11.00 points" in text and "pet IoU +2.00 points" in text
+
+
+def test_an_interval_containing_zero_is_a_tie_not_a_win():
+    facts = discussion(
+        summary_of(WITH_ABLATION, _ablation_intervals(-0.02, 0.2)),
+        counts=COUNTS, data_source="folder",
+    )  # fmt: skip
+    text = " ".join(facts)
+    assert "Skip connections made no measurable difference" in text
+    assert "helped" not in text and " beats " not in text
+    assert "unpool (unpooling with the pooling indices) is level with strided" in text
+    assert "includes no difference" in text
+
+
+def test_a_collapsed_network_is_named_and_supports_no_claim():
+    results = dict(WITH_ABLATION, strided=_collapsed())
+    facts = discussion(summary_of(results), counts=COUNTS, data_source="folder")
+    assert facts[0].startswith("strided predicts almost only background (99.5% of the test pixels)")
+    text = " ".join(facts)
+    assert "Pooling indices vs learned upsampling cannot be judged here: strided collapsed" in text
+    assert " beats " not in text and " trails " not in text
+
+
+def test_a_class_nobody_learns_and_ties_at_the_bottom_are_said_plainly():
+    results = {a: numbers(0.0, 0.6 + i / 100, 0.0) for i, a in enumerate(("strided", "unet"))}
+    text = " ".join(discussion(summary_of(results), counts=COUNTS, data_source="folder"))
+    assert "No network has learned the pet class (best IoU 0.0000)" in text
+    assert "No network has learned the border class" in text
+    assert "Pet and border tie as the lowest-scoring classes for every architecture" in text
+    assert "-0.00" not in text
+
+
+def test_best_epoch_at_the_last_epoch_says_training_was_still_improving():
+    results = dict(WITH_ABLATION, unet=dict(WITH_ABLATION["unet"], best_epoch=5))
+    text = " ".join(discussion(summary_of(results), counts=COUNTS, data_source="folder"))
+    assert "unet was still improving: the best validation epoch is the last one (5)" in text
+    assert "still improving" not in " ".join(
+        discussion(summary_of(WITH_ABLATION), counts=COUNTS, data_source="folder")
+    )
+
+
+def test_no_negative_zero_in_intervals_or_differences():
+    iv = _ablation_intervals(-0.00001, 0.00002)
+    text = " ".join(discussion(summary_of(WITH_ABLATION, iv), counts=COUNTS, data_source="folder"))
+    assert "-0.00" not in text and "interval 0.00 to 0.00 points" in text
+
+
+def _timing(ratio: float, low: float, high: float, ms: float) -> dict:
+    return {"ms": ms, "ratio": ratio, "ratio_low": low, "ratio_high": high}
+
+
+def test_cost_is_ranked_by_interleaved_ratios_and_noise_is_a_tie():
+    from petseg.results import CostSetup, StepCost
+
+    ratios = {"strided": (1.0, 1.0, 1.0), "unpool": (1.03, 0.97, 1.08), "unet": (1.3, 1.25, 1.36),
+              "unet_noskip": (1.29, 1.24, 1.35)}  # fmt: skip
+    records = records_of(WITH_ABLATION)
+    for a, (r, lo, hi) in ratios.items():
+        step = StepCost(
+            train_step=_timing(r, lo, hi, 10 * r), inference_batch=_timing(r, lo, hi, r)
+        )
+        records[a] = records[a].model_copy(update={"cost": step})
+    ref = {"train_step": "strided", "inference_batch": "strided"}
+    setup = CostSetup(batch=8, image_size=64, rounds=10, threads=2, device="cpu", reference=ref)
+    facts = discussion(Summary.of(records, None, setup), counts=COUNTS, data_source="folder")
+    text = " ".join(facts)
+    assert (
+        "Per training step (8 images at 64 px, 10 interleaved rounds): strided is the fastest"
+        in text
+    )
+    assert "unpool within noise of it" in text
+    assert "unet 1.30× (quartiles 1.25–1.36)" in text
+    assert "unet, the most accurate, costs 1.30× the training step of strided" in text
+    assert "equally fast" not in text  # wall clocks no longer rank the networks

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from petseg.config import ARCH_SECTIONS as ARCHITECTURES
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 PACKAGE = "petseg"
@@ -340,10 +342,10 @@ def test_every_script_stage_is_checked():
 
 
 def test_each_stage_runs_the_architectures_it_builds():
-    # Guards DYNAMIC: a train stage builds its own architecture only; evaluate loads all three.
-    archs = [f"{PACKAGE}.models.{a}" for a in ("strided", "unet", "unpool")]
+    # Guards DYNAMIC: a train stage builds its own architecture only; evaluate loads all of them.
+    archs = sorted(f"{PACKAGE}.models.{a}" for a in ARCHITECTURES)
     assert {n: STAGES[n][2] for n in STAGES if n.startswith("train_")} == {
-        f"train_{a.rsplit('.', 1)[1]}": [a] for a in archs
+        f"train_{a}": [f"{PACKAGE}.models.{a}"] for a in ARCHITECTURES
     }
     assert STAGES["evaluate"][2] == archs
     assert STAGES["preprocess"][2] == []

@@ -85,7 +85,8 @@ def _row(miou: float) -> ArchSummary:
     return ArchSummary(
         miou=miou, pixel_accuracy=0.9, mean_dice=0.8, binary_pet_iou=0.7,
         iou=dict.fromkeys(CLASSES, miou), train_seconds=10.0, inference_images_per_s=50.0,
-        params=1000, gflops_per_image=0.1,
+        params=1000, gflops_per_image=0.1, boundary_iou=miou / 2, best_epoch=2, epochs=3,
+        confusion=[[5, 1, 0], [1, 5, 1], [0, 1, 5]],
     )  # fmt: skip
 
 
@@ -129,12 +130,15 @@ def test_collect_takes_the_successful_sweep_experiments_in_grid_order():
         ("reg-baseline-s0", "baseline", "strided", 0),
         ("reg-baseline-s0", "baseline", "unpool", 0),
         ("reg-baseline-s0", "baseline", "unet", 0),
+        ("reg-baseline-s0", "baseline", "unet_noskip", 0),
         ("reg-dropout-s0", "dropout", "strided", 0),
         ("reg-dropout-s1", "dropout", "strided", 1),
         ("reg-dropout-s0", "dropout", "unpool", 0),
         ("reg-dropout-s1", "dropout", "unpool", 1),
         ("reg-dropout-s0", "dropout", "unet", 0),
         ("reg-dropout-s1", "dropout", "unet", 1),
+        ("reg-dropout-s0", "dropout", "unet_noskip", 0),
+        ("reg-dropout-s1", "dropout", "unet_noskip", 1),
     ]
     assert [r["miou"] for r in rows if r["arch"] == "unet"] == pytest.approx([0.42, 0.52, 0.62])
 

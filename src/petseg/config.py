@@ -11,7 +11,9 @@ Field descriptions here are the reference; params.yaml carries the same words as
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 import yaml
@@ -194,7 +196,7 @@ class AugmentParams(_Section):
 
 
 class TrainParams(_Section):
-    """Shared by the three train stages: the same recipe for every architecture."""
+    """Shared by every train stage: the same recipe for every architecture."""
 
     epochs: int = Field(default=120, ge=1, le=10_000)
     batch_size: int = Field(default=8, ge=1, le=4096, description="Per process (per GPU under DDP)")
@@ -255,7 +257,7 @@ class TrackingParams(_Section):
 
 # ------------------------------------------------------------------------------------- models
 class ArchParams(_Section):
-    """Shared by the three architectures; equal defaults keep the comparison fair."""
+    """Shared by the architectures; equal defaults keep the comparison fair."""
 
     depth: int = Field(
         default=4, ge=1, le=6, description="Down-sampling steps (input side % 2**depth == 0)"
@@ -289,10 +291,24 @@ class UnpoolParams(ArchParams):
     )
 
 
+# Every architecture -> the models.<section> that configures it. The skip ablation is configured
+# by unet's section: an ablation with settings of its own could silently drift from its reference.
+ARCH_SECTIONS: Mapping[str, str] = MappingProxyType(
+    {"strided": "strided", "unpool": "unpool", "unet": "unet", "unet_noskip": "unet"}
+)
+
+
 class ModelsParams(_Section):
     strided: ArchParams = ArchParams()
     unpool: UnpoolParams = UnpoolParams()
     unet: ArchParams = ArchParams()
+
+    def of(self, arch: str) -> ArchParams:
+        """The settings of architecture ``arch`` (see :data:`ARCH_SECTIONS`)."""
+        if arch not in ARCH_SECTIONS:
+            valid = ", ".join(ARCH_SECTIONS)
+            raise ParamsError(f"unknown architecture {arch!r}; valid names: {valid}")
+        return getattr(self, ARCH_SECTIONS[arch])
 
 
 # ----------------------------------------------------------------------------------- evaluate
@@ -313,6 +329,15 @@ class EvaluateParams(_Section):
         le=100_000,
         description="Paired bootstrap resamples of the test images for the report's 95% "
         "intervals (0 = off)",
+    )
+    cost_rounds: int = Field(
+        default=10,
+        ge=0,
+        le=1000,
+        description="Rounds of the interleaved step timing of every network (0 = off)",
+    )
+    cost_batch: int = Field(
+        default=8, ge=1, le=1024, description="Images per timed training step and inference batch"
     )
 
 

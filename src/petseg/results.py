@@ -32,9 +32,29 @@ from petseg.errors import DataError
 from petseg.fileio import atomic_write_bytes, atomic_write_json
 
 # The metrics the report compares between architectures with a paired bootstrap interval.
-COMPARED = ("miou", "iou.border")
+COMPARED = ("miou", "iou.border", "boundary_iou")
+# The scalar metrics of a summary row that have a best architecture.
+RANKED = (
+    "miou",
+    "pixel_accuracy",
+    "mean_dice",
+    "binary_pet_iou",
+    "boundary_iou",
+    "train_seconds",
+    "inference_images_per_s",
+    "params",
+    "gflops_per_image",
+)
 # Metrics where the smaller value is the better one (the rest: larger is better).
-LOWER_IS_BETTER = frozenset({"train_seconds", "params", "gflops_per_image"})
+LOWER_IS_BETTER = frozenset(
+    {
+        "train_seconds",
+        "params",
+        "gflops_per_image",
+        "cost.train_step.ratio",
+        "cost.inference_batch.ratio",
+    }
+)
 
 TRAIN_CURVE_COLUMNS = (
     "epoch",
@@ -123,6 +143,33 @@ class TrainMetrics(Record):
     weights_checksum_per_rank: list[float] | None = None
 
 
+class Timing(Record):
+    """One timed step of one network, over the rounds of an interleaved measurement."""
+
+    ms: float  # median milliseconds
+    ratio: float  # median over rounds of ms / the reference network's ms in the same round
+    ratio_low: float  # lower and upper quartile of that ratio over the rounds
+    ratio_high: float
+
+
+class StepCost(Record):
+    """A training step (forward, backward, optimizer) and an inference batch of one network."""
+
+    train_step: Timing
+    inference_batch: Timing
+
+
+class CostSetup(Record):
+    """How the step costs were measured: every network in one process, round-robin."""
+
+    batch: int
+    image_size: int
+    rounds: int
+    threads: int
+    device: str
+    reference: dict[str, str]  # step ("train_step", "inference_batch") -> the fastest network
+
+
 class TestMetrics(Scores):
     """``metrics/test/<arch>.json``: test scores at the network's resolution (and optionally at
     each image's own), inference cost, and the training figures they are compared with."""
@@ -141,6 +188,10 @@ class TestMetrics(Scores):
     best_val_miou: float
     params: int
     gflops_per_image: float
+    # Boundary IoU of the pet mask (petseg.evaluate.scores.boundary_counts), network resolution.
+    boundary_iou: float
+    epochs: int  # epochs trained: best_epoch == epochs means it was still improving
+    cost: StepCost | None = None  # timed steps (evaluate.cost_rounds > 0)
 
     def to_json(self) -> dict[str, Any]:
         # Key order of the file: identification, scores, then cost (as dvc metrics show lists it).
@@ -156,11 +207,16 @@ class ArchSummary(Record):
     pixel_accuracy: float
     mean_dice: float
     binary_pet_iou: float
+    boundary_iou: float
     iou: PerClass
     train_seconds: float
     inference_images_per_s: float
     params: int
     gflops_per_image: float
+    best_epoch: int
+    epochs: int
+    confusion: list[list[int]]  # where the errors are: the discussion reads it
+    cost: StepCost | None = None
 
     @classmethod
     def of(cls, test: TestMetrics) -> ArchSummary:
@@ -189,6 +245,7 @@ class PairDiff(Record):
 
     miou: Interval
     iou: dict[str, Interval]
+    boundary_iou: Interval | None = None  # absent when no boundary counts were resampled
 
 
 class Intervals(Record):
@@ -219,6 +276,7 @@ class Summary(Record):
     architectures: dict[str, ArchSummary]
     best: dict[str, str]  # metric path -> architecture with the best value
     intervals: Intervals | None = None
+    cost: CostSetup | None = None
 
     @property
     def archs(self) -> list[str]:
@@ -229,15 +287,19 @@ class Summary(Record):
         return {a: row.at(metric) for a, row in self.architectures.items()}
 
     @classmethod
-    def of(cls, tests: Mapping[str, TestMetrics], intervals: Intervals | None) -> Summary:
+    def of(
+        cls,
+        tests: Mapping[str, TestMetrics],
+        intervals: Intervals | None,
+        cost: CostSetup | None = None,
+    ) -> Summary:
         rows = {a: ArchSummary.of(t) for a, t in tests.items()}
-        metrics = [k for k in ArchSummary.model_fields if k != "iou"]
-        metrics += [f"iou.{c}" for c in CLASSES]
+        metrics = [*RANKED, *(f"iou.{c}" for c in CLASSES)]
         best = {}
         for metric in metrics:
             pick = min if metric in LOWER_IS_BETTER else max
             best[metric] = pick(rows, key=lambda a, m=metric: rows[a].at(m))
-        return cls(architectures=rows, best=best, intervals=intervals)
+        return cls(architectures=rows, best=best, intervals=intervals, cost=cost)
 
 
 def pair_key(a: str, b: str) -> str:

@@ -41,8 +41,8 @@ from petseg.errors import ParamsError, PetsegError
 from petseg.fileio import atomic_write_bytes
 from petseg.preset import read_preset
 
-ARCHS = tuple(config.ModelsParams.model_fields)  # strided, unpool, unet
-DROPOUT_KEYS = tuple(f"models.{a}.dropout" for a in ARCHS)
+ARCHS = tuple(config.ARCH_SECTIONS)  # every network the pipeline trains, in table order
+DROPOUT_KEYS = tuple(f"models.{s}.dropout" for s in dict.fromkeys(config.ARCH_SECTIONS.values()))
 
 # Each regularizer: the params that turn it on (the values the sweep uses) ...
 ON: dict[str, dict[str, Any]] = {

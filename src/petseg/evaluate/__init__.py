@@ -6,8 +6,9 @@ size: logits are upsampled bilinearly and compared with the original trimap). Ev
 function of that matrix (:mod:`petseg.evaluate.scores`); the files are written through
 :mod:`petseg.results`.
 
-``scores``       scores of a confusion matrix, per-image matrices, paired bootstrap intervals
+``scores``       scores of a confusion matrix, Boundary IoU, paired bootstrap intervals
 ``inference``    running a network over the test split: labels, throughput, memory, full size
+``cost``         training step and inference batch of every network, timed round-robin
 ``plot_data``    plots/eval/*.csv
 ``grids``        plots/predictions/*.png
 ``coco_export``  data/coco: ground truth and predictions as COCO RLE
@@ -26,13 +27,20 @@ from petseg.config import EvaluateParams
 from petseg.data.prepared import PreparedSplit, load_split, read_manifest
 from petseg.device import pick_device
 from petseg.evaluate.coco_export import write_coco
+from petseg.evaluate.cost import time_steps
 from petseg.evaluate.grids import choose_examples, write_grids
 from petseg.evaluate.inference import PeakMemory, original_resolution_cm, predict
 from petseg.evaluate.plot_data import write_plot_data
-from petseg.evaluate.scores import bootstrap_intervals, per_image_confusion, scores
+from petseg.evaluate.scores import (
+    bootstrap_intervals,
+    boundary_counts,
+    boundary_iou,
+    per_image_confusion,
+    scores,
+)
 from petseg.metrics import confusion_matrix, mean_iou
 from petseg.models import load_model
-from petseg.results import Summary, TestMetrics
+from petseg.results import CostSetup, Summary, TestMetrics
 
 
 @dataclass(frozen=True)
@@ -53,8 +61,10 @@ class Evaluated:
     """One architecture on the test split."""
 
     metrics: TestMetrics
+    model: torch.nn.Module
     pred: np.ndarray  # (N, S, S) uint8 labels
     image_cms: np.ndarray  # (N, C, C) per-image confusion matrices
+    bands: np.ndarray  # (N, 2) Boundary IoU counts of the pet mask
 
 
 def evaluate_all(params: EvaluateParams, paths: EvalPaths) -> Summary:
@@ -64,14 +74,15 @@ def evaluate_all(params: EvaluateParams, paths: EvalPaths) -> Summary:
     test = load_split(paths.prepared, "test", mmap=False)
     sizes = manifest["splits"]["test"]["original_sizes"]
     done = {arch: evaluate_one(arch, params, paths, test, sizes, device) for arch in paths.models}
-    tests = {a: e.metrics for a, e in done.items()}
+    tests, setup = with_costs(done, params, device)
     for arch, res in tests.items():
         results.write(paths.metrics_dir / f"{arch}.json", res)
     image_cms = {a: e.image_cms for a, e in done.items()}
     intervals = None
     if params.bootstrap and len(test):
-        intervals = bootstrap_intervals(image_cms, params.bootstrap)
-    summary = Summary.of(tests, intervals)
+        bands = {a: e.bands for a, e in done.items()}
+        intervals = bootstrap_intervals(image_cms, params.bootstrap, boundary=bands)
+    summary = Summary.of(tests, intervals, setup)
     results.write(paths.summary, summary)
     per_image = {a: mean_iou(cms) for a, cms in image_cms.items()}
     write_plot_data(paths.plots, tests, per_image, test.names)
@@ -95,6 +106,7 @@ def evaluate_one(
     with PeakMemory(device) as mem:
         pred, ips = predict(model, test.images, params.batch_size, device, params.bf16)
     cm = confusion_matrix(torch.from_numpy(pred), torch.from_numpy(test.masks), NUM_CLASSES)
+    bands = boundary_counts(pred, test.masks)
     original = None
     if params.original_resolution:
         cm_orig = original_resolution_cm(model, test.images, test.names, sizes, paths.raw, device)
@@ -113,5 +125,22 @@ def evaluate_one(
         best_val_miou=trained.best_val_miou,
         params=trained.params,
         gflops_per_image=trained.gflops_per_image,
+        boundary_iou=boundary_iou(bands.sum(0)),
+        epochs=trained.epochs,
     )
-    return Evaluated(metrics, pred, per_image_confusion(pred, test.masks))
+    return Evaluated(metrics, model, pred, per_image_confusion(pred, test.masks), bands)
+
+
+def with_costs(
+    done: dict[str, Evaluated], params: EvaluateParams, device: torch.device
+) -> tuple[dict[str, TestMetrics], CostSetup | None]:
+    """Each network's metrics with its timed step costs (evaluate.cost_rounds > 0)."""
+    tests = {a: e.metrics for a, e in done.items()}
+    if not params.cost_rounds or not done:
+        return tests, None
+    size = next(iter(tests.values())).image_size
+    costs, setup = time_steps(
+        {a: e.model for a, e in done.items()}, batch=params.cost_batch, image_size=size,
+        rounds=params.cost_rounds, device=device, bf16=params.bf16,
+    )  # fmt: skip
+    return {a: t.model_copy(update={"cost": costs[a]}) for a, t in tests.items()}, setup

@@ -1,4 +1,4 @@
-"""The three segmentation networks compared, and the registry that builds them from params.
+"""The segmentation networks compared, and the registry that builds them from params.
 
 Every model maps (N, 3, H, W) images to (N, num_classes, H, W) logits, with H and W multiples of
 2**depth. At equal ``depth`` and ``base_width`` they share the channel widths of every level, and
@@ -8,11 +8,17 @@ only in what the comparison is about:
 ``strided``  stride-2 convs down, transposed convs up, no skips    (learned resampling)
 ``unpool``   max-pool down, max-unpool with the pooling indices up  (index-guided upsampling)
 ``unet``     max-pool down, transposed convs up, concatenated skips (feature skips)
+``unet_noskip``  the U-Net with every skip tensor zeroed: the skip ablation, same cost
 """
 
 from petseg.models.cost import count_params, gflops_per_image
 from petseg.models.model_file import ModelInfo, load_model, save_model
-from petseg.models.registry import ARCHITECTURES, MODELS, build_model, model_class
+from petseg.models.registry import (
+    ARCHITECTURES,
+    MODELS,
+    build_model,
+    model_class,
+)
 
 __all__ = [
     "ARCHITECTURES",

@@ -1,4 +1,4 @@
-"""Building blocks shared by the three architectures.
+"""Building blocks shared by every architecture.
 
 Every convolutional stage of every model is made by :func:`conv_block`, so the networks differ only
 in how they change resolution (strided conv vs pooling, transposed conv vs unpooling) and in whether
@@ -147,7 +147,7 @@ def up_conv(in_ch: int, out_ch: int) -> nn.Sequential:
 
 
 class SegmentationModel(nn.Module):
-    """Base of the three architectures: their params key and the input check.
+    """Base of every architecture: their params key and the input check.
 
     Subclasses map (N, in_channels, H, W) images to (N, num_classes, H, W) logits and call
     :meth:`check_input` first in ``forward``.

@@ -17,7 +17,7 @@ import torch
 from pydantic import ValidationError
 
 from petseg import CLASSES, NUM_CLASSES
-from petseg.config import ArchParams, ModelsParams
+from petseg.config import ARCH_SECTIONS, ArchParams, ModelsParams
 from petseg.errors import DataError
 from petseg.fileio import atomic_file
 from petseg.models.blocks import SegmentationModel
@@ -75,11 +75,10 @@ def load_model(path: str | Path) -> tuple[SegmentationModel, ModelInfo]:
         raise DataError(f"{path} lacks {', '.join(missing)}: retrain it (dvc repro)")
     arch = blob["arch"]
     try:
-        model = build_model(
-            arch, ModelsParams.model_validate({arch: blob["params"]}), blob["num_classes"]
-        )
-    except ValidationError as exc:
-        raise DataError(f"{path}: its models.{arch} params are invalid ({exc})") from None
+        models = ModelsParams.model_validate({ARCH_SECTIONS[arch]: blob["params"]})
+    except (KeyError, ValidationError) as exc:
+        raise DataError(f"{path}: not a model this version can build ({exc})") from None
+    model = build_model(arch, models, blob["num_classes"])
     model.load_state_dict(blob["state_dict"])
     info = ModelInfo(
         arch, blob["params"], blob["num_classes"], tuple(blob["classes"]), blob["image_size"]

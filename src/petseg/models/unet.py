@@ -58,5 +58,9 @@ class UNet(SegmentationModel):
             skips.append(x)
             x = down(self.pool(x))
         for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=True):
-            x = dec(torch.cat([up(x), skip], dim=1))
+            x = dec(torch.cat([up(x), self.skip(skip)], dim=1))
         return self.head(x)
+
+    def skip(self, features: torch.Tensor) -> torch.Tensor:
+        """What the decoder receives from the encoder at one level: its features, unchanged."""
+        return features

@@ -32,7 +32,9 @@ class Report:
 TITLE = "petseg: strided vs unpool vs U-Net on Oxford-IIIT Pet trimaps"
 METRICS_NOTE = (
     "Test split at the training resolution unless noted. ↑ higher is better, ↓ lower is better; "
-    "the best value of each column is in bold with ★."
+    "the best value of each column is in bold with ★. Train step × and Inference × are each "
+    "network's time relative to the fastest, timed in turn in one process (the ranking to trust); "
+    "(wall) columns are single wall-clock measurements, which other jobs on the machine move."
 )
 REG_NOTE = (
     "Test mIoU per regularization variant and architecture: mean ± sample standard deviation over "

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from petseg import CLASSES
-from petseg.config import DataParams, ModelsParams, PreprocessParams, TrainParams
+from petseg.config import ARCH_SECTIONS, DataParams, ModelsParams, PreprocessParams, TrainParams
 from petseg.report.inputs import Inputs
 from petseg.results import LOWER_IS_BETTER, TestMetrics, TrainMetrics
 
@@ -53,14 +53,22 @@ def metric_columns(test: Mapping[str, TestMetrics]) -> list[Column]:
         *(Column(f"IoU {c}", f"iou.{c}", ".4f") for c in CLASSES),
         Column("Mean Dice", "mean_dice", ".4f"),
         Column("Binary pet IoU", "binary_pet_iou", ".4f"),
+        Column("Boundary IoU", "boundary_iou", ".4f"),
     ]
     if all(r.original_resolution is not None for r in test.values()):
         cols.append(Column("mIoU orig. res.", "original_resolution.miou", ".4f"))
-    return cols + [
+    cols += [
         Column("Params (M)", "params", ".3f", per=1e6),
         Column("GFLOPs/img", "gflops_per_image", ".4f"),
-        Column("Train s", "train_seconds", ".1f"),
-        Column("Inference img/s", "inference_images_per_s", ".1f"),
+    ]
+    if all(r.cost is not None for r in test.values()):  # ratios from interleaved rounds
+        cols += [
+            Column("Train step ×", "cost.train_step.ratio", ".2f"),
+            Column("Inference ×", "cost.inference_batch.ratio", ".2f"),
+        ]
+    return cols + [
+        Column("Train s (wall)", "train_seconds", ".1f"),
+        Column("Inference img/s (wall)", "inference_images_per_s", ".1f"),
     ]
 
 
@@ -144,7 +152,7 @@ def _models_text(archs: list[str], models: ModelsParams) -> str:
         a: f"depth {m.depth}, base width {m.base_width}, dropout {m.dropout:g}, {m.block} blocks"
         + (f" with {m.bottleneck}× bottleneck" if m.bottleneck > 1 else "")
         for a in archs
-        if (m := getattr(models, a, None)) is not None
+        if a in ARCH_SECTIONS and (m := models.of(a))
     }
     return _per_arch(text) + f"; unpool upsampling: {models.unpool.upsample}"
 
