@@ -382,3 +382,21 @@ def test_weight_average_decay_follows_the_horizon_in_epochs():
         model.weight.fill_(3.0)
         ema.update_parameters(model)
     assert ema.module.weight.item() == pytest.approx(0.95 * 1.0 + 0.05 * 3.0)
+
+
+def test_the_skip_ablation_trains_from_the_unet_section_and_loads_back(
+    prepared, tmp_path, monkeypatch
+):
+    from petseg.models.unet_noskip import UNetNoSkip
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    track = TrackingParams(experiment="ablation", system_metrics=False, log_model=False)
+    models = ModelsParams.model_validate(TINY_MODELS)
+    paths = _paths(tmp_path, "unet_noskip", prepared)
+    params = TrainParams(**{**TINY_TRAIN, "epochs": 1})
+    result = train("unet_noskip", params, models.of("unet_noskip"), track, paths, progress=False)
+    model, info = load_model(paths.model)
+    assert isinstance(model, UNetNoSkip) and info.arch == "unet_noskip"
+    assert info.params == models.unet.model_dump()  # configured by models.unet
+    assert result.arch == "unet_noskip" and result.epochs == 1

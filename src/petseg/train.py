@@ -26,7 +26,7 @@ from torch import nn
 
 from petseg import CLASSES, NUM_CLASSES, results, tracking
 from petseg.checkpoint import Checkpoint, TrainState, fingerprint
-from petseg.config import ArchParams, ModelsParams, TrackingParams, TrainParams
+from petseg.config import ARCH_SECTIONS, ArchParams, ModelsParams, TrackingParams, TrainParams
 from petseg.data.prepared import load_split, read_manifest
 from petseg.device import Stopwatch, hardware_name, precision
 from petseg.engine import Feed, evaluate, on_device, train_one_epoch
@@ -160,7 +160,8 @@ def build_state(
     arch: str, p: TrainParams, arch_params: ArchParams, rt: Runtime, steps: int
 ) -> TrainState:
     """A fresh model (seeded by the caller), its weight average, optimizer, schedule, generators."""
-    model = build_model(arch, ModelsParams(**{arch: arch_params}), NUM_CLASSES).to(rt.device)
+    models = ModelsParams(**{ARCH_SECTIONS[arch]: arch_params})
+    model = build_model(arch, models, NUM_CLASSES).to(rt.device)
     if p.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, p)
