@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Stages in dvc.yaml call `python`: make sure it is the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install vega-js demo repro sweep plots test test-fast lint format ui params-real clean
+.PHONY: install vega-js demo repro sweep compare plots test test-fast lint format ui params-real clean
 
 install: $(STAMP) vega-js
 
@@ -57,6 +57,14 @@ JOBS       ?= 2
 SWEEP_ARGS ?=
 sweep: install
 	python -m petseg.sweep run --seeds $(SEEDS) -j $(JOBS) $(SWEEP_ARGS)
+	dvc repro
+
+## The headline comparison over training seeds (README, Experiments): params.yaml's recipe as it is,
+## one queued DVC experiment per seed, collected into plots/seeds.csv and plots/seed_diffs.csv, then
+## the report's "Across seeds" section. e.g. make compare SEEDS="0 1 2" JOBS=1
+COMPARE_ARGS ?=
+compare: install
+	python -m petseg.sweep compare --seeds $(SEEDS) -j $(JOBS) $(COMPARE_ARGS)
 	dvc repro
 
 ## The DVC plots as a page that works offline: .dvc/plots/offline.html loads the scripts from js/.

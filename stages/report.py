@@ -20,6 +20,8 @@ def main() -> None:
     parser.add_argument(
         "--experiments", type=Path, help="regularization runs CSV; absent = none were run"
     )
+    parser.add_argument("--seeds", type=Path, help="make compare: plots/seeds.csv")
+    parser.add_argument("--seed-diffs", type=Path, help="make compare: plots/seed_diffs.csv")
     parser.add_argument("--out", type=Path, required=True, help="report folder (replaced)")
     args = parser.parse_args()
 
@@ -34,6 +36,8 @@ def main() -> None:
             manifest=args.manifest,
             out=args.out,
             experiments=args.experiments,
+            seeds=args.seeds,
+            seed_diffs=args.seed_diffs,
         ),
         data=config.load_section(args.params, "data"),
         preprocess=config.load_section(args.params, "preprocess"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import io
 import json
 import re
@@ -765,3 +766,63 @@ def test_cost_is_ranked_by_interleaved_ratios_and_noise_is_a_tie():
     assert "unet 1.30× (quartiles 1.25–1.36)" in text
     assert "unet, the most accurate, costs 1.30× the training step of strided" in text
     assert "equally fast" not in text  # wall clocks no longer rank the networks
+
+
+# ------------------------------------------------------------------------------ across seeds
+def _seed_frames(diffs_by_seed: dict[int, float], half_width: float = 0.01):
+    import pandas as pd
+
+    seeds = pd.DataFrame(
+        [{"experiment": f"cmp-s{s}", "seed": s, "arch": a, "miou": 0.7 + (a == "unet") * d,
+          "iou.border": 0.4, "boundary_iou": 0.5}
+         for s, d in diffs_by_seed.items() for a in ("unet", "unet_noskip")]
+    )  # fmt: skip
+    diffs = pd.DataFrame(
+        [{"experiment": f"cmp-s{s}", "seed": s, "a": "unet", "b": "unet_noskip", "metric": "miou",
+          "diff": d, "low": d - half_width, "high": d + half_width}
+         for s, d in diffs_by_seed.items()]
+    )  # fmt: skip
+    return seeds, diffs
+
+
+def test_seed_verdict_combines_seed_spread_and_test_resampling():
+    from petseg.report.seeds import combine
+
+    _, diffs = _seed_frames({0: 0.03, 1: 0.05, 2: 0.04}, half_width=0.0196)
+    v = combine(diffs, "unet", "unet_noskip", "miou")
+    # mean 0.04; seed term var(0.03, 0.05, 0.04) / 3 = 1e-4 / 3; bootstrap term (0.01)^2 = 1e-4
+    se = (1e-4 / 3 + 1e-4) ** 0.5
+    assert v.n == 3 and v.agree and v.real
+    assert (v.low, v.high) == pytest.approx((0.04 - 1.96 * se, 0.04 + 1.96 * se))
+    flipped = combine(diffs, "unet_noskip", "unet", "miou")
+    assert flipped.mean == pytest.approx(-0.04) and flipped.high == pytest.approx(-v.low)
+
+
+def test_seeds_that_disagree_are_no_claim_even_with_a_large_mean():
+    from petseg.report.seeds import combine, seed_sentences
+
+    seeds, diffs = _seed_frames({0: 0.12, 1: -0.01}, half_width=0.001)
+    assert not combine(diffs, "unet", "unet_noskip", "miou").real
+    text = " ".join(seed_sentences(seeds, diffs))
+    assert "Across 2 training seeds (0, 1)" in text
+    assert "Do skip connections matter? Across seeds they make no difference" in text
+    assert "seeds disagree" in text
+
+
+def test_report_has_an_across_seeds_section_when_make_compare_ran(tmp_path, strided_report):
+    paths, html_text, markdown = strided_report
+    assert "This report rests on one training seed" in markdown  # no make compare yet
+    seeds, diffs = _seed_frames({0: 0.03, 1: 0.05})
+    seeds["arch"] = seeds["arch"].replace({"unet_noskip": "strided"})
+    seeds.to_csv(tmp_path / "seeds.csv", index=False)
+    diffs.to_csv(tmp_path / "seed_diffs.csv", index=False)
+    out = tmp_path / "report"
+    build_report(
+        dataclasses.replace(paths, out=out, seeds=tmp_path / "seeds.csv",
+                            seed_diffs=tmp_path / "seed_diffs.csv"),
+        **PARAMS,
+    )  # fmt: skip
+    md = (out / "README.md").read_text()
+    section = markdown_section(md, "Across seeds")
+    assert "| unet | 0.7400 ± 0.0141 |" in section and "Across 2 training seeds" in section
+    assert "Across seeds" in (out / "index.html").read_text()

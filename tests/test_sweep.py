@@ -17,6 +17,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -24,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
 from petseg import CLASSES, config, sweep, tracking
+from petseg import results as R
 from petseg.errors import DataError, ParamsError
 from petseg.results import ArchSummary, Summary
 
@@ -495,3 +497,45 @@ def test_report_regularization_table_equals_dvc_exp_show(swept):
     assert (
         'id="regularization"' in html and (project / "report/figures/regularization.png").exists()
     )
+
+
+# ---------------------------------------------------------------------------- make compare
+def test_compare_plans_one_experiment_per_seed_with_the_recipe_as_it_is():
+    planned = sweep.plan([sweep.RECIPE], [0, 2], {"train.epochs": 2}, PARAMS, prefix="cmp")
+    assert [p.name for p in planned] == ["cmp-s0", "cmp-s2"]
+    assert planned[1].sets == {"train.epochs": 2, "train.seed": 2}  # no regularizer switched
+    # The recipe's own regularizers may be overridden for every seed alike.
+    sweep.plan([sweep.RECIPE], [0], {"train.weight_decay": 0.0}, PARAMS, prefix="cmp")
+    with pytest.raises(ParamsError, match="train.seed"):
+        sweep.plan([sweep.RECIPE], [0], {"train.seed": 1}, PARAMS, prefix="cmp")
+
+
+def _cmp(seed: int, d: float) -> dict:
+    exp = _exp(f"cmp-s{seed}", "success", 0.5 + d)
+    params = sweep._with(PARAMS, {"train.seed": seed})
+    data = exp["revs"][0]["data"]
+    data["params"]["params.yaml"]["data"] = params
+    iv = {"low": d - 0.01, "high": d + 0.01}
+    data["metrics"]["metrics/summary.json"]["data"]["intervals"] = {
+        "level": 0.95, "resamples": 100, "over": "8 test images",
+        "miou": {a: {"low": 0.4, "high": 0.6} for a in sweep.ARCHS},
+        "diff": {"strided-unpool": {"miou": iv, "iou": {"border": iv}, "boundary_iou": iv}},
+    }  # fmt: skip
+    return exp
+
+
+def test_collect_seeds_gives_each_network_and_each_pair_per_seed():
+    show = _show(_cmp(1, 0.02), _cmp(0, 0.03), _exp("reg-baseline-s0", "success", 0.4))
+    rows, pairs = sweep.collect_seeds(sweep.parse_exp_show(show))
+    assert [(r["experiment"], r["arch"]) for r in rows][:2] == [
+        ("cmp-s0", "strided"),
+        ("cmp-s0", "unpool"),
+    ]
+    assert {r["seed"] for r in rows} == {0, 1} and len(rows) == 2 * len(sweep.ARCHS)
+    assert set(rows[0]) == set(R.SEEDS_COLUMNS) and set(pairs[0]) == set(R.SEED_DIFFS_COLUMNS)
+    first = [p for p in pairs if (p["a"], p["b"], p["metric"]) == ("strided", "unpool", "miou")]
+    assert [p["seed"] for p in first] == [0, 1]
+    assert first[0]["diff"] == pytest.approx(-0.01)  # strided 0.53 - unpool 0.54
+    assert (first[0]["low"], first[0]["high"]) == pytest.approx((0.02, 0.04))
+    no_interval = [p for p in pairs if (p["a"], p["b"]) == ("unet", "unet_noskip")]
+    assert all(np.isnan(p["low"]) for p in no_interval)

@@ -77,6 +77,10 @@ RUNTIME_COLUMNS = (
     "gflops_per_image",
     "params",
 )
+# make compare (petseg.sweep): each network's compared metrics per training seed, and each pair's
+# differences per seed with their paired bootstrap interval over the test images (NaN: none).
+SEEDS_COLUMNS = ("experiment", "seed", "arch", *COMPARED)
+SEED_DIFFS_COLUMNS = ("experiment", "seed", "a", "b", "metric", "diff", "low", "high")
 PER_IMAGE_INDEX = "image"  # per_image.csv: this column, then one mIoU column per architecture
 
 HINT = {

@@ -12,6 +12,12 @@ label smoothing); each single variant turns one regularizer on relative to it an
 all four. Every other param is the workspace's ``params.yaml`` (plus the preset and ``-S``), the
 same for every variant, and the sweep refuses to collect experiments whose recipes differ.
 
+``python -m petseg.sweep compare --seeds 0 1 2`` (what ``make compare`` runs) is the same machinery
+for the headline comparison: one experiment ``cmp-s<seed>`` per training seed with params.yaml's
+recipe as it is, collected into ``plots/seeds.csv`` (each network's scores per seed) and
+``plots/seed_diffs.csv`` (each pair's differences per seed with their bootstrap intervals), from
+which the report's "Across seeds" section weighs seed spread against test-image resampling.
+
 Experiments that already succeeded (same name, same baseline commit) are not queued again, so a
 sweep can be extended with more seeds; a failed one is queued again, and one still queued or
 running is waited for.
@@ -75,8 +81,14 @@ class SweepError(PetsegError):
     """DVC refused a command, or the experiments cannot be compared."""
 
 
+RECIPE = "recipe"  # make compare: params.yaml's recipe as it is, only the seed changes
+
+
 def overrides(variant: str) -> dict[str, Any]:
-    """The params of ``variant``: every regularizer off, then its own turned on."""
+    """The params of ``variant``: every regularizer off, then its own turned on (none of it for
+    :data:`RECIPE`)."""
+    if variant == RECIPE:
+        return {}
     if variant not in VARIANTS:
         raise ParamsError(f"unknown variant {variant!r}; variants: {', '.join(VARIANTS)}")
     out = dict(OFF)
@@ -105,7 +117,7 @@ def variant_of(params: Mapping[str, Any]) -> str:
 
 
 def experiment_name(prefix: str, variant: str, seed: int) -> str:
-    return f"{prefix}-{variant}-s{seed}"
+    return f"{prefix}-s{seed}" if variant == RECIPE else f"{prefix}-{variant}-s{seed}"
 
 
 # ------------------------------------------------------------------------------------- plan
@@ -167,7 +179,8 @@ def plan(
     Every experiment's params (``params`` with its overrides) are validated here, so an invalid
     value stops the sweep before anything is queued.
     """
-    clash = sorted(k for k in common if k in OFF or k == SEED)
+    grid = set() if list(variants) == [RECIPE] else set(OFF)
+    clash = sorted(k for k in common if k in grid or k == SEED)
     if clash:
         raise ParamsError(
             f"{', '.join(clash)}: set by the sweep itself (the grid in petseg.sweep, --seeds); "
@@ -177,7 +190,9 @@ def plan(
     for variant in variants:
         for seed in seeds:
             sets = {**common, **overrides(variant), SEED: seed}
-            name = experiment_name(prefix, variant, seed)
+            name = (
+                experiment_name(prefix, variant, seed) if variant != RECIPE else f"{prefix}-s{seed}"
+            )
             config.validate(_with(params, sets), f"params.yaml with the overrides of {name}")
             out.append(Planned(name, variant, seed, sets))
     return out
@@ -267,6 +282,34 @@ def _summary(exp: Experiment) -> results.Summary:
     return summary
 
 
+def collect_seeds(
+    experiments: Sequence[Experiment], prefix: str = "cmp"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows of plots/seeds.csv (network x seed) and plots/seed_diffs.csv (pair x metric x seed)
+    from the successful ``<prefix>-s<seed>`` experiments; a SweepError if their recipes differ
+    beyond the seed."""
+    done = [e for e in experiments if e.state == "success" and e.name.startswith(f"{prefix}-s")]
+    _check_comparable(done)
+    rows, pairs = [], []
+    for exp in sorted(done, key=lambda e: (_flat(e.params).get(SEED), e.name)):
+        summary, seed = _summary(exp), _flat(exp.params).get(SEED)
+        archs = summary.archs
+        for arch in archs:
+            values = {m: summary.architectures[arch].at(m) for m in results.COMPARED}
+            rows.append({"experiment": exp.name, "seed": seed, "arch": arch, **values})
+        for i, a in enumerate(archs):
+            for b in archs[i + 1 :]:
+                for m in results.COMPARED:
+                    d = summary.architectures[a].at(m) - summary.architectures[b].at(m)
+                    iv = summary.intervals.difference(a, b, m) if summary.intervals else None
+                    pairs.append(
+                        {"experiment": exp.name, "seed": seed, "a": a, "b": b, "metric": m,
+                         "diff": d, "low": iv.low if iv else float("nan"),
+                         "high": iv.high if iv else float("nan")}
+                    )  # fmt: skip
+    return rows, pairs
+
+
 def _check_comparable(done: Sequence[Experiment]) -> None:
     """Same recipe outside the grid for all; the same regularizer values within each variant."""
     ref: dict[str, tuple[str, dict[str, Any]]] = {}  # variant or "*" -> (experiment, params)
@@ -337,11 +380,9 @@ def _states(experiments: Sequence[Experiment], names: Iterable[str]) -> dict[str
     return out
 
 
-def run(
-    planned: Sequence[Planned], jobs: int, out: Path, prefix: str, poll: float = 10.0
-) -> list[str]:
-    """Queue what is not done yet, run the queue with ``jobs`` workers, wait, collect into
-    ``out``; return the names of the experiments that failed."""
+def run(planned: Sequence[Planned], jobs: int, poll: float = 10.0) -> list[str]:
+    """Queue what is not done yet, run the queue with ``jobs`` workers, wait; return the names
+    of the experiments that failed."""
     names = [p.name for p in planned]
     before = _states(exp_show(), names)
     for p in planned:
@@ -366,10 +407,21 @@ def run(
         if "running" not in now.values():  # workers stop when idle: make sure some are up
             _dvc(["dvc", "queue", "start", "-j", str(jobs)], echo=False)
         time.sleep(poll)
-    rows = collect(exp_show(), prefix)
+    return [n for n, s in shown.items() if s != "success"]
+
+
+def write_results(command: str, prefix: str, out: Path, diffs: Path) -> None:
+    """Collect the experiments of ``command`` (run/collect: the grid; compare: the seeds)."""
+    experiments = exp_show()
+    if command == "compare":
+        rows, pairs = collect_seeds(experiments, prefix)
+        results.write_csv(out, results.SEEDS_COLUMNS, rows)
+        results.write_csv(diffs, results.SEED_DIFFS_COLUMNS, pairs)
+        print(f"{out}, {diffs}: {len({r['experiment'] for r in rows})} seeds")
+        return
+    rows = collect(experiments, prefix)
     write_csv(out, rows)
     print(f"{out}: {len(rows)} rows from {len({r['experiment'] for r in rows})} experiments")
-    return [n for n, s in shown.items() if s != "success"]
 
 
 # ------------------------------------------------------------------------------------- CLI
@@ -378,41 +430,49 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="queue the grid, run it, collect plots/experiments.csv")
     run_p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    run_p.add_argument("--seeds", nargs="+", type=int, default=[0], help="train.seed values")
-    run_p.add_argument("-j", "--jobs", type=int, default=2, help="experiments run at once")
-    run_p.add_argument("--preset", type=Path, help="dotted-key overrides, e.g. presets/demo.yaml")
-    run_p.add_argument("-S", "--set", dest="sets", action="append", default=[], metavar="K=V")
-    run_p.add_argument("--dry-run", action="store_true", help="print the dvc commands only")
-    run_p.add_argument("--poll", type=float, default=10.0, help="seconds between status checks")
+    cmp_p = sub.add_parser("compare", help="the recipe over seeds: plots/seeds.csv")
     col_p = sub.add_parser("collect", help="only (re)write plots/experiments.csv")
-    for p in (run_p, col_p):
-        p.add_argument("--prefix", default="reg", help="experiment names: PREFIX-VARIANT-sSEED")
-        p.add_argument("--out", type=Path, default=Path("plots/experiments.csv"))
+    for p in (run_p, cmp_p):
+        p.add_argument("--seeds", nargs="+", type=int, default=[0], help="train.seed values")
+        p.add_argument("-j", "--jobs", type=int, default=2, help="experiments run at once")
+        p.add_argument("--preset", type=Path, help="dotted-key overrides, e.g. presets/demo.yaml")
+        p.add_argument("-S", "--set", dest="sets", action="append", default=[], metavar="K=V")
+        p.add_argument("--dry-run", action="store_true", help="print the dvc commands only")
+        p.add_argument("--poll", type=float, default=10.0, help="seconds between status checks")
+    for p, prefix, out in ((run_p, "reg", "experiments"), (col_p, "reg", "experiments"),
+                           (cmp_p, "cmp", "seeds")):  # fmt: skip
+        p.add_argument("--prefix", default=prefix, help="experiment names start PREFIX-")
+        p.add_argument("--out", type=Path, default=Path(f"plots/{out}.csv"))
         p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    cmp_p.add_argument("--diffs", type=Path, default=Path("plots/seed_diffs.csv"))
     args = parser.parse_args()
-
+    diffs = getattr(args, "diffs", Path("plots/seed_diffs.csv"))
     if args.command == "collect":
-        rows = collect(exp_show(), args.prefix)
-        write_csv(args.out, rows)
-        print(f"{args.out}: {len(rows)} rows")
+        write_results("collect", args.prefix, args.out, diffs)
         return
+    planned = _planned(args)
+    if args.dry_run:
+        for p in planned:
+            print(shlex.join(p.command()))
+        print(f"dvc queue start -j {args.jobs}")
+        return
+    failed = run(planned, args.jobs, args.poll)
+    write_results(args.command, args.prefix, args.out, diffs)
+    if failed:
+        logs = "; ".join(f"dvc queue logs {n}" for n in failed)
+        raise SweepError(f"{len(failed)} experiment(s) failed: {', '.join(failed)} (see {logs})")
+
+
+def _planned(args: argparse.Namespace) -> list[Planned]:
     if args.jobs < 1:
         raise ParamsError(f"-j {args.jobs}: at least one job")
     common = {**_read_preset(args.preset), **_parse_sets(args.sets)}
     if "train.threads" not in common:  # N trainings at once share the cores instead of fighting
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         common["train.threads"] = max(1, (cores or 1) // args.jobs)
-    planned = plan(args.variants, args.seeds, common, config.load(args.params).model_dump(),
-                   args.prefix)  # fmt: skip
-    if args.dry_run:
-        for p in planned:
-            print(shlex.join(p.command()))
-        print(f"dvc queue start -j {args.jobs}")
-        return
-    failed = run(planned, args.jobs, args.out, args.prefix, args.poll)
-    if failed:
-        logs = "; ".join(f"dvc queue logs {n}" for n in failed)
-        raise SweepError(f"{len(failed)} experiment(s) failed: {', '.join(failed)} (see {logs})")
+    variants = args.variants if args.command == "run" else [RECIPE]
+    params = config.load(args.params).model_dump()
+    return plan(variants, args.seeds, common, params, args.prefix)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ Every number comes from the metrics JSON and plot CSVs of the evaluate stage, re
 
 ``inputs``      what is read, validated   ``discussion``  the sentences
 ``figures``     charts and grid captions  ``tables``      metrics, regularization, setup
-``render``      HTML and Markdown
+``render``      HTML and Markdown         ``seeds``       make compare: across seeds
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from petseg.report.discussion import discussion
 from petseg.report.figures import charts, examples, regularization_chart
 from petseg.report.inputs import ReportPaths, load_inputs
 from petseg.report.render import LEGEND, Report, render_html, render_markdown
+from petseg.report.seeds import seed_sentences, seeds_table
 from petseg.report.tables import metrics_table, regularization_table, setup_rows
 
 __all__ = [
@@ -62,9 +63,19 @@ def build_report(
         examples=examples(inputs.predictions, inputs.per_image, inputs.archs),
         regularization=None if exps is None else regularization_table(exps),
         regularization_chart=None if exps is None else regularization_chart(exps),
+        **_across_seeds(inputs),
     )
     write_report(report, paths.out)
     return paths.out / "index.html"
+
+
+def _across_seeds(inputs) -> dict:
+    if inputs.seeds is None:
+        return {}
+    return {
+        "seeds": seeds_table(inputs.seeds),
+        "seed_findings": seed_sentences(inputs.seeds, inputs.seed_diffs),
+    }
 
 
 def write_report(report: Report, out: Path) -> None:

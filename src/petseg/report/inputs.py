@@ -27,6 +27,8 @@ class ReportPaths:
     manifest: Path  # data/prepared/manifest.json
     out: Path  # report/: index.html, README.md, figures/
     experiments: Path | None = None  # plots/experiments.csv; absent = no experiments were run
+    seeds: Path | None = None  # plots/seeds.csv (make compare); absent or empty = one seed
+    seed_diffs: Path | None = None  # plots/seed_diffs.csv (make compare)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class Inputs:
     predictions: list[Path]
     manifest: dict[str, Any]
     experiments: pd.DataFrame | None
+    seeds: pd.DataFrame | None = None  # None: make compare has not run
+    seed_diffs: pd.DataFrame | None = None
 
     @property
     def archs(self) -> list[str]:
@@ -72,7 +76,21 @@ def load_inputs(paths: ReportPaths) -> Inputs:
         predictions=_predictions(paths.predictions),
         manifest=_manifest(paths.manifest),
         experiments=_experiments(paths.experiments),
+        **_seeds(paths),
     )
+
+
+def _seeds(paths: ReportPaths) -> dict[str, pd.DataFrame | None]:
+    """plots/seeds.csv and plots/seed_diffs.csv, or None for both when make compare has not run
+    (the committed files hold only their header)."""
+    if paths.seeds is None or paths.seed_diffs is None or not paths.seeds.exists():
+        return {"seeds": None, "seed_diffs": None}
+    hint = "rerun make compare"
+    seeds = results.read_csv(paths.seeds, results.SEEDS_COLUMNS, hint)
+    diffs = results.read_csv(paths.seed_diffs, results.SEED_DIFFS_COLUMNS, hint)
+    if seeds.empty:
+        return {"seeds": None, "seed_diffs": None}
+    return {"seeds": seeds, "seed_diffs": diffs}
 
 
 def _predictions(folder: Path) -> list[Path]:

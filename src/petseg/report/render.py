@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import html
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from petseg import CLASSES, ERROR_COLOUR, PALETTE
 from petseg.report.figures import Chart, Example
@@ -27,6 +27,8 @@ class Report:
     examples: list[Example]
     regularization: Table | None
     regularization_chart: Chart | None = None
+    seeds: Table | None = None  # make compare: mean ± std over training seeds
+    seed_findings: list[str] = field(default_factory=list)
 
 
 TITLE = "petseg: strided vs unpool vs U-Net on Oxford-IIIT Pet trimaps"
@@ -41,6 +43,14 @@ REG_NOTE = (
     "runs (seeds). baseline trains without augmentation, dropout, weight decay or label smoothing; "
     "each variant turns one of them on, all turns on all four (DVC experiments of make sweep, "
     "collected from dvc exp show into plots/experiments.csv)."
+)
+SEEDS_NOTE = (
+    "Test scores over the training seeds of make compare (DVC experiments cmp-s<seed>): mean ± "
+    "sample standard deviation per network."
+)
+NO_SEEDS = (
+    'This report rests on one training seed. make compare SEEDS="0 1 2" trains the comparison '
+    "with more seeds (queued DVC experiments) and fills this section."
 )
 NO_REG = (
     "No regularization experiments were run (plots/experiments.csv is absent or empty): "
@@ -135,7 +145,7 @@ def render_html(report: Report) -> str:
         "<h2>Figures</h2>",
         *(_html_figure(chart) for chart in report.charts),
     ]
-    parts += _html_predictions(report) + _html_regularization(report)
+    parts += _html_predictions(report) + _html_seeds(report) + _html_regularization(report)
     return "\n".join([*parts, "</body>", "</html>", ""])
 
 
@@ -158,6 +168,18 @@ def _html_predictions(report: Report) -> list[str]:
             f"<figcaption>{e(ex.caption)}</figcaption></figure>"
         )
     return parts
+
+
+def _html_seeds(report: Report) -> list[str]:
+    if report.seeds is None:
+        return ["<h2>Across seeds</h2>", f"<p>{html.escape(NO_SEEDS)}</p>"]
+    items = "".join(f"<li>{html.escape(s)}</li>" for s in report.seed_findings)
+    return [
+        "<h2>Across seeds</h2>",
+        f'<p class="note">{html.escape(SEEDS_NOTE)}</p>',
+        _html_table(report.seeds, "seeds"),
+        f"<ul>{items}</ul>",
+    ]
 
 
 def _html_regularization(report: Report) -> list[str]:
@@ -225,6 +247,12 @@ def render_markdown(report: Report) -> str:
         lines += [NO_EXAMPLES, ""]
     for ex in report.examples:
         lines += [f"![{ex.filename}](figures/predictions/{ex.filename})", "", ex.caption, ""]
+    lines += ["## Across seeds", ""]
+    if report.seeds is None:
+        lines += [NO_SEEDS, ""]
+    else:
+        lines += [SEEDS_NOTE, "", _md_table(report.seeds), ""]
+        lines += [f"- {s}" for s in report.seed_findings] + [""]
     lines += ["## Regularization", ""]
     if report.regularization is None:
         lines += [NO_REG, ""]
