@@ -14,6 +14,9 @@ new store under a file lock; and the few calls made here are retried when the st
 itself temporarily unavailable. Experiments created at the same moment by two processes resolve to
 the same experiment.
 
+The model a run logs is servable (``mlflow models serve``): a pyfunc, :class:`ServedModel`, that
+hands every call to :mod:`petseg.serving`, which imports no mlflow and nothing of training.
+
 Tags on every run: ``petseg.arch``, ``petseg.group`` (what groups the runs of one pipeline
 execution: the DVC experiment name, or ``repro-<start>-<pid>`` of a plain ``dvc repro``),
 ``git.commit``, ``dvc.exp_name`` and ``dvc.baseline`` (set by DVC for experiments); a failed stage
@@ -314,8 +317,10 @@ class ServedModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.segmenter = serving.load(context.artifacts[serving.ARTIFACT])
 
-    # model_input unannotated: MLflow would read a type hint as a signature (the logged one rules)
-    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> Any:
+    # np.ndarray: a type hint MLflow infers no schema from, so the logged signature rules
+    def predict(
+        self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
+    ) -> Any:
         return serving.predict(self.segmenter, model_input, **(params or {}))
 
 
