@@ -128,7 +128,18 @@ def test_bad_inputs_cost_one_line_each_and_the_good_ones_are_written(
     cut.write_bytes(good.read_bytes()[:3000])
     empty = tmp_path / "empty"
     empty.mkdir()
-    bad = [notes, cut, tmp_path / "missing.jpg", tmp_path / "none*.png", empty]
+    twin = tmp_path / "twin" / good.name
+    twin.parent.mkdir()
+    twin.write_bytes(good.read_bytes())
+    fixes = {  # each bad input -> what its line must say to do
+        notes: "pass a photo",
+        cut: "re-export",
+        tmp_path / "missing.jpg": "check the path",
+        tmp_path / "none*.png": "check it",
+        empty: "holds no image",
+        twin: "rename one",
+    }
+    bad = list(fixes)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "petseg.predict", "--model", str(tiny_trained.model), "--out"]
     proc = subprocess.run(
@@ -138,13 +149,10 @@ def test_bad_inputs_cost_one_line_each_and_the_good_ones_are_written(
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == len(bad)
-    for path, fix in zip(
-        bad, ["pass a photo", "re-export", "check the path", "check it", "holds no image"],
-        strict=True,
-    ):  # fmt: skip
-        (line,) = [e for e in errors if f"error: {path}:" in e]
+    for path, fix in fixes.items():
+        (line,) = [e for e in errors if e.startswith(f"error: {path}:")]
         assert fix in line
-    assert "1 of 4 images" in proc.stdout  # the three files that exist were tried
+    assert "1 of 5 images" in proc.stdout  # every file named was tried
     written = sorted(p.name for p in out.rglob("*"))  # and no temporary file is left behind
     assert written == ["Abyssinian_1.jpg", "Abyssinian_1.png", "overlays", "trimaps"]
 
@@ -186,11 +194,11 @@ def test_inputs_are_files_folders_and_globs_each_once(tmp_path):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"")
     files, errors = predict.gather(
-        [str(tmp_path), str(tmp_path / "a.jpg"), str(tmp_path / "*.txt"), str(tmp_path / "x*")]
+        [str(tmp_path), str(tmp_path / "sub" / ".." / "a.jpg"), str(tmp_path / "*.txt"), "x*"]
     )
     # A folder gives its images (not its subfolders); a named file is tried whatever its suffix.
     assert [f.name for f in files] == ["a.jpg", "b.PNG", "c.txt"]
-    assert errors == [f"{tmp_path / 'x*'}: the pattern matches no file: check it"]
+    assert errors == ["x*: the pattern matches no file: check it"]
 
 
 def test_overlay_tints_each_class_towards_its_colour():

@@ -25,7 +25,7 @@ import glob
 import io
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,19 +57,28 @@ class Photo:
     net_input: np.ndarray  # (h, w, 3) uint8 at the size the network runs at
 
 
+@dataclass(frozen=True)
+class Record:
+    """What the summary files need of one segmented photo (not its pixels)."""
+
+    photo_id: int  # 1, 2, ... in the order written: the COCO image id
+    path: Path
+    hw: tuple[int, int]
+    counts: tuple[int, ...]  # pixels per class
+    coco: list[dict[str, Any]]  # its COCO results, if asked for
+
+
 @dataclass
 class Written:
-    """What the run produced, for the COCO and area files."""
-
-    photos: list[tuple[Photo, np.ndarray]]  # with its labels (H, W) in channel order
-    errors: list[str]
+    records: list[Record]
+    errors: list[str]  # one line per input that could not be used
 
 
 # ---------------------------------------------------------------------------------- inputs
 def gather(inputs: list[str]) -> tuple[list[Path], list[str]]:
     """The files named by ``inputs`` (files, folders, globs) in order, once each, and one error
     line for each input that names none."""
-    files: dict[Path, None] = {}
+    files: dict[Path, Path] = {}  # resolved -> as given: one file named twice is read once
     errors = []
     for arg in inputs:
         path = Path(arg)
@@ -85,8 +94,8 @@ def gather(inputs: list[str]) -> tuple[list[Path], list[str]]:
             found = sorted(Path(p) for p in glob.glob(arg, recursive=True) if Path(p).is_file())
             if not found:
                 errors.append(f"{arg}: the pattern matches no file: check it")
-        files.update(dict.fromkeys(found))
-    return list(files), errors
+        files.update((p.resolve(), p) for p in found if p.resolve() not in files)
+    return list(files.values()), errors
 
 
 def read_photo(path: Path, policy: str | int, seg: Segmenter) -> Photo:
@@ -138,46 +147,59 @@ def write_photo(out: Path, photo: Photo, labels: np.ndarray) -> None:
     )
 
 
-def write_coco(out: Path, written: list[tuple[Photo, np.ndarray]]) -> None:
-    images, results = [], []
-    for i, (photo, labels) in enumerate(written, start=1):
-        h, w = labels.shape
-        images.append({"id": i, "file_name": photo.path.name, "height": h, "width": w})
-        results += coco.image_results(i, labels, len(CLASSES))
+def record(photo_id: int, photo: Photo, labels: np.ndarray, with_coco: bool) -> Record:
+    counts = np.bincount(labels.ravel(), minlength=len(CLASSES))
+    results = coco.image_results(photo_id, labels, len(CLASSES)) if with_coco else []
+    return Record(photo_id, photo.path, labels.shape, tuple(counts.tolist()), results)
+
+
+def write_coco(out: Path, records: list[Record]) -> None:
+    images = [
+        {"id": r.photo_id, "file_name": r.path.name, "height": r.hw[0], "width": r.hw[1]}
+        for r in records
+    ]
     categories = [{"id": c + 1, "name": name} for c, name in enumerate(CLASSES)]
     gt: dict[str, Any] = {"images": images, "annotations": [], "categories": categories}
     atomic_write_json(out / "coco_images.json", gt)
-    atomic_write_json(out / "coco_results.json", results)
+    atomic_write_json(out / "coco_results.json", [res for r in records for res in r.coco])
 
 
-def write_areas(out: Path, written: list[tuple[Photo, np.ndarray]]) -> None:
+def write_areas(out: Path, records: list[Record]) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     share = [f"{c}_share" for c in CLASSES]
     writer.writerow(["name", "file", "height", "width", *[f"{c}_pixels" for c in CLASSES], *share])
-    for photo, labels in written:
-        counts = np.bincount(labels.ravel(), minlength=len(CLASSES))
-        shares = [f"{n / labels.size:.6f}" for n in counts]
-        writer.writerow([photo.name, str(photo.path), *labels.shape, *counts.tolist(), *shares])
+    for r in records:
+        shares = [f"{n / (r.hw[0] * r.hw[1]):.6f}" for n in r.counts]
+        writer.writerow([r.path.stem, str(r.path), *r.hw, *r.counts, *shares])
     atomic_write_bytes(out / "areas.csv", buf.getvalue().encode())
 
 
 # ------------------------------------------------------------------------------------ run
 def batches(
-    files: list[Path], policy: str | int, seg: Segmenter, batch_size: int, errors: list[str]
+    files: Iterable[Path], policy: str | int, seg: Segmenter, batch_size: int, errors: list[str]
 ) -> Iterator[list[Photo]]:
-    """Decoded photos in batches of one network size each; unreadable files go to ``errors``."""
+    """Decoded photos in batches, each of one network size; every file that can't be used is a
+    line in ``errors``. At most ``batch_size`` photos are held at a time."""
     pending: dict[tuple[int, ...], list[Photo]] = {}
+    seen: dict[str, Path] = {}
     for path in files:
+        if path.stem in seen:
+            errors.append(
+                f"{path}: its outputs would overwrite those of {seen[path.stem]} (same name): "
+                "rename one, or predict it into another --out"
+            )
+            continue
         try:
             photo = read_photo(path, policy, seg)
         except SkipFile as exc:
             errors.append(error_line(path, exc))
             continue
-        group = pending.setdefault(photo.net_input.shape, [])
-        group.append(photo)
-        if len(group) == batch_size:
-            yield pending.pop(photo.net_input.shape)
+        seen[path.stem] = path
+        pending.setdefault(photo.net_input.shape, []).append(photo)
+        if sum(map(len, pending.values())) == batch_size:
+            yield from pending.values()
+            pending = {}
     yield from pending.values()
 
 
@@ -187,32 +209,18 @@ def predict_files(
     out: Path,
     policy: str | int = "train",
     batch_size: int = 16,
-    progress: bool | None = None,
+    with_coco: bool = False,
 ) -> Written:
-    """Segment ``files`` and write each one's trimap and overlay under ``out``."""
+    """Segment ``files`` and write each one's trimap and overlay under ``out`` (a progress bar
+    on a terminal)."""
     written = Written([], [])
-    names: dict[str, Path] = {}
-    bar = tqdm(
-        total=len(files),
-        unit="image",
-        desc="predict",
-        disable=None if progress is None else not progress,
-    )
-    for batch in batches(files, policy, seg, batch_size, written.errors):
+    bar = tqdm(files, unit="image", desc="predict", disable=None)
+    for batch in batches(bar, policy, seg, batch_size, written.errors):
         sizes = [p.image.shape[:2] for p in batch]
         segmented = seg.segment(np.stack([p.net_input for p in batch]), sizes)
         for photo, (labels, _) in zip(batch, segmented, strict=True):
-            if photo.name in names:
-                written.errors.append(
-                    f"{photo.path}: its outputs would overwrite those of {names[photo.name]} "
-                    "(same name): rename one, or predict it into another --out"
-                )
-                continue
-            names[photo.name] = photo.path
             write_photo(out, photo, labels)
-            written.photos.append((photo, labels))
-        bar.update(len(batch))
-    bar.close()
+            written.records.append(record(len(written.records) + 1, photo, labels, with_coco))
     return written
 
 
@@ -268,15 +276,15 @@ def main(argv: list[str] | None = None) -> None:
         seg.check_size((args.size, args.size))
     log.info("%s (%s on %s)", describe(args.size, seg), seg.precision, seg.device)
     files, errors = gather(args.inputs)
-    written = predict_files(seg, files, args.out, args.size, args.batch_size)
+    written = predict_files(seg, files, args.out, args.size, args.batch_size, args.coco)
     if args.coco:
-        write_coco(args.out, written.photos)
+        write_coco(args.out, written.records)
     if args.areas:
-        write_areas(args.out, written.photos)
+        write_areas(args.out, written.records)
     errors += written.errors
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
-    print(f"{len(written.photos)} of {len(files)} images segmented into {args.out}")
+    print(f"{len(written.records)} of {len(files)} images segmented into {args.out}")
     if errors:
         sys.exit(cli.EXIT_USER_ERROR)
 
