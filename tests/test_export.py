@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from petseg.config import ModelsParams
+from petseg.config import ARCH_SECTIONS, ModelsParams
 from petseg.data.augment import normalize, to_float
 from petseg.export import ATOL, export_onnx
-from petseg.models import build_model, load_model, save_model
+from petseg.models import ARCHITECTURES, build_model, load_model, save_model
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is a dependency: pip install -e .")
 onnx = pytest.importorskip("onnx", reason="onnx is a dependency: pip install -e .")
@@ -23,13 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _untrained(arch: str, root: Path) -> Path:
     """A model file of ``arch`` at depth 3, with BatchNorm statistics that are not the identity."""
-    params = ModelsParams.model_validate({arch: {"depth": 3, "base_width": 8}})
+    params = ModelsParams.model_validate({ARCH_SECTIONS[arch]: {"depth": 3, "base_width": 8}})
     torch.manual_seed(0)
     model = build_model(arch, params)
     with torch.no_grad():
         model(torch.randn(4, 3, 48, 48) * 2 + 1)  # train mode: the running statistics move
     path = root / f"{arch}.pt"
-    save_model(path, arch, getattr(params, arch), 48, model.state_dict())
+    save_model(path, arch, params.of(arch), 48, model.state_dict())
     return path
 
 
@@ -63,7 +63,7 @@ def test_onnx_of_a_trained_network_matches_pytorch_with_its_metadata(tiny_traine
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["strided", "unpool", "unet"])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_onnx_matches_pytorch_for_every_architecture(arch, tmp_path):
     path = _untrained(arch, tmp_path)
     export_onnx(path, tmp_path / f"{arch}.onnx")
