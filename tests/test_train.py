@@ -113,7 +113,7 @@ def test_each_architecture_trains_and_logs_to_mlflow(
     for arch in ARCHITECTURES:
         paths = _paths(tmp_path, arch, prepared)
         result = train(
-            arch, TrainParams(**TINY_TRAIN), getattr(models, arch), track, paths, "synthetic",
+            arch, TrainParams(**TINY_TRAIN), models.of(arch), track, paths, "synthetic",
             progress=False,
         )  # fmt: skip
         assert paths.model.exists() and paths.metrics.exists()
