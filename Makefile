@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Stages in dvc.yaml call `python`: make sure it is the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install vega-js demo repro sweep compare plots test test-fast lint format ui params-real clean
+.PHONY: install vega-js demo repro sweep compare plots predict test test-fast lint format ui params-real clean
 
 install: $(STAMP) vega-js
 
@@ -74,6 +74,15 @@ plots: install
 	dvc plots show --html-template .dvc/plots/offline.html -o $(PLOTS_OUT)
 	mkdir -p $(PLOTS_OUT)/js && cp $(VEGA_JS)/*.min.js $(PLOTS_OUT)/js/
 	@echo "plots: $(CURDIR)/$(PLOTS_OUT)/index.html"
+
+## Segment your own photos (README, Use a trained network): files, folders or quoted globs.
+## e.g. make predict IMAGES="photo.jpg shots/ 'more/*.png'" MODEL=models/unpool.pt OUT=preds
+MODEL        ?= models/unet.pt
+OUT          ?= predictions
+PREDICT_ARGS ?=
+predict: install
+	@test -n "$(IMAGES)" || { echo "error: say which photos: make predict IMAGES='photo.jpg folder/' (MODEL=$(MODEL), OUT=$(OUT))" >&2; exit 2; }
+	python -m petseg.predict --model $(MODEL) --out $(OUT) $(PREDICT_ARGS) $(IMAGES)
 
 ## Every test (what CI runs), the slowest listed at the end.
 test: install lint

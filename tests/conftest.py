@@ -4,6 +4,7 @@ opened in headless Chromium; end-to-end tests run on one tiny configuration (TIN
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -102,3 +103,46 @@ def tiny_preset() -> Callable[..., Path]:
         return preset
 
     return write_and_apply
+
+
+@dataclass(frozen=True)
+class TinyTrained:
+    """One network trained on TINY: its data, model file, metrics and logged MLflow model."""
+
+    raw: Path  # data/raw: the synthetic set in the official layout
+    prepared: Path  # data/prepared at TINY's preprocess.image_size
+    model: Path  # models/unet.pt
+    metrics: Path  # metrics/train/unet.json
+    tracking_uri: str  # the sqlite store of its MLflow run
+    run_id: str  # the run, with the pyfunc logged as "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory) -> TinyTrained:
+    """unet trained with TINY (synthetic data, 32 px, 2 epochs) and logged with its MLflow model:
+    what predict, the served model and the ONNX export are tested on."""
+    from mlflow import MlflowClient  # imported here: most tests never need training or MLflow
+
+    from petseg.config import PreprocessParams, SyntheticParams, TrackingParams, TrainParams
+    from petseg.data.preprocess import preprocess
+    from petseg.data.synthetic import generate
+    from petseg.train import TrainPaths, train
+
+    root = tmp_path_factory.mktemp("tiny-trained")
+    raw, prepared = root / "data" / "raw", root / "data" / "prepared"
+    raw.mkdir(parents=True)
+    generate(raw, SyntheticParams(**tiny_section("data")["synthetic"]), progress=False)
+    preprocess(raw, prepared, PreprocessParams(**tiny_section("preprocess")), progress=False)
+    paths = TrainPaths(
+        prepared, root / "models/unet.pt", root / "metrics/train/unet.json",
+        root / "plots/train/unet.csv", root / "checkpoints/unet",
+    )  # fmt: skip
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    tracking = TrackingParams(**{**tiny_section("tracking"), "experiment": "tiny"})
+    arch = ModelsParams.model_validate(tiny_section("models")).unet
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        train("unet", TrainParams(**tiny_section("train")), arch, tracking, paths, progress=False)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    return TinyTrained(raw, prepared, paths.model, paths.metrics, uri, run.info.run_id)

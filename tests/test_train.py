@@ -13,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -112,7 +113,7 @@ def test_each_architecture_trains_and_logs_to_mlflow(
     for arch in ARCHITECTURES:
         paths = _paths(tmp_path, arch, prepared)
         result = train(
-            arch, TrainParams(**TINY_TRAIN), getattr(models, arch), track, paths, "synthetic",
+            arch, TrainParams(**TINY_TRAIN), models.of(arch), track, paths, "synthetic",
             progress=False,
         )  # fmt: skip
         assert paths.model.exists() and paths.metrics.exists()
@@ -138,10 +139,10 @@ def test_each_architecture_trains_and_logs_to_mlflow(
         assert run.data.params["train.epochs"] == "2"
         history = client.get_metric_history(run.info.run_id, "val/miou")
         assert sorted(m.step for m in history) == [1, 2]
-        logged = tracking.load_logged_model(run.info.run_id, ROOT)
-        with torch.no_grad():
-            out = logged(torch.rand(3, 3, 32, 32))
-        assert out.shape == (3, 3, 32, 32)
+        logged = tracking.load_logged_model(run.info.run_id, ROOT)  # the servable pyfunc
+        assert logged.metadata.metadata["network"] == run.info.run_name
+        images = np.zeros((3, 40, 24, 3), np.uint8)  # any size: it runs at the training size
+        assert logged.predict(images).shape == (3, 40, 24)
 
 
 def _stage_cmd(arch: str, work: Path, prepared: Path) -> list[str]:

@@ -248,7 +248,9 @@ class TrainParams(_Section):
 class TrackingParams(_Section):
     experiment: str = Field(default="petseg", min_length=1, description="MLflow experiment name")
     log_model: bool = Field(
-        default=True, description="Log each model with mlflow.pytorch.log_model"
+        default=True,
+        description="Log each model as a servable MLflow model (pyfunc: any image size in, the "
+        "class map at that size out)",
     )
     system_metrics: bool = Field(
         default=True, description="MLflow system metrics (CPU, memory, GPU)"

@@ -14,6 +14,9 @@ new store under a file lock; and the few calls made here are retried when the st
 itself temporarily unavailable. Experiments created at the same moment by two processes resolve to
 the same experiment.
 
+The model a run logs is servable (``mlflow models serve``): a pyfunc, :class:`ServedModel`, that
+hands every call to :mod:`petseg.serving`, which imports no mlflow and nothing of training.
+
 Tags on every run: ``petseg.arch``, ``petseg.group`` (what groups the runs of one pipeline
 execution: the DVC experiment name, or ``repro-<start>-<pid>`` of a plain ``dvc repro``),
 ``git.commit``, ``dvc.exp_name`` and ``dvc.baseline`` (set by DVC for experiments); a failed stage
@@ -35,16 +38,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import mlflow
+import numpy as np
 import psutil
-import torch
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import (
     RESOURCE_ALREADY_EXISTS,
     TEMPORARILY_UNAVAILABLE,
     ErrorCode,
 )
+from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 from sqlalchemy.engine import make_url
+
+from petseg import serving
 
 log = logging.getLogger(__name__)
 
@@ -233,18 +239,19 @@ class Tracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         _retry(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
 
-    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
-        """Log ``model`` (CPU, eval mode) with a signature inferred from ``example``."""
-        model = model.cpu().eval()
-        with torch.no_grad():
-            out = model(example)
-        signature = infer_signature(example.numpy(), out.numpy())
-        mlflow.pytorch.log_model(
-            model,
+    def log_model(self, model_file: Path) -> None:
+        """Log the servable model of ``model_file`` (``models/<arch>.pt``): a pyfunc
+        (:class:`ServedModel`) with the file as its artifact and petseg's code, so that
+        ``mlflow models serve`` needs only the pinned requirements."""
+        mlflow.pyfunc.log_model(
             name="model",
-            signature=signature,
-            input_example=example.numpy(),
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            python_model=ServedModel(),
+            artifacts={serving.ARTIFACT: str(model_file)},
+            code_paths=[str(Path(serving.__file__).parent)],
+            signature=model_signature(),
+            input_example=(EXAMPLE, {"probabilities": False}),
+            pip_requirements=serving.requirements(),
+            metadata=serving.metadata(model_file),
         )
 
     def end(self, status: str = "FINISHED") -> None:
@@ -299,7 +306,38 @@ def _record_failure(experiment: str, run_name: str, exc: BaseException, run_id: 
     _retry(client.set_terminated, created.info.run_id, status)
 
 
-def load_logged_model(run_id: str, root: Path) -> torch.nn.Module:
-    """Load the model logged by :meth:`Tracker.log_model` in run ``run_id``."""
+# ---------------------------------------------------------------------------- the MLflow model
+class ServedModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc that ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` run.
+
+    Here because only this module imports mlflow; it holds no logic (:mod:`petseg.serving` does)
+    and no state when MLflow pickles it, so the pickle only names this class: loading it runs
+    nothing but petseg's own code, which the model carries (``code_paths``)."""
+
+    def load_context(self, context: Any) -> None:
+        self.segmenter = serving.load(context.artifacts[serving.ARTIFACT])
+
+    # np.ndarray: a type hint MLflow infers no schema from, so the logged signature rules
+    def predict(
+        self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
+    ) -> Any:
+        return serving.predict(self.segmenter, model_input, **(params or {}))
+
+
+# A photo of any size (the height and width are free in the signature); zeros keep it small.
+EXAMPLE = np.zeros((1, 24, 40, 3), dtype=np.uint8)
+
+
+def model_signature() -> ModelSignature:
+    """uint8 RGB batches of any height and width in, class maps of the same size out."""
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]),
+        params=ParamSchema([ParamSpec("probabilities", "boolean", False)]),
+    )
+
+
+def load_logged_model(run_id: str, root: Path) -> Any:
+    """The pyfunc model logged by :meth:`Tracker.log_model` in run ``run_id``."""
     mlflow.set_tracking_uri(tracking_uri(root))
-    return mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    return mlflow.pyfunc.load_model(f"runs:/{run_id}/model")

@@ -277,7 +277,7 @@ def finish(
 ) -> results.TrainMetrics:
     """The training's metrics; rank 0 writes the best epoch's model file, the metrics JSON and
     ends the MLflow run (with the model, if ``tracking.log_model``)."""
-    release_memory()  # what follows (FLOP count, model export) must not stack on the peak
+    release_memory()  # what follows (FLOP count, logging the model) must not stack on the peak
     model, rt = state.model, loop.rt
     result = train_metrics(loop, state)
     if rt.distributed:  # DDP keeps replicas identical; record the evidence
@@ -285,14 +285,11 @@ def finish(
         result = result.model_copy(update={"weights_checksum_per_rank": checksums})
     if tracker is None:
         return result
-    model.load_state_dict(state.best.state)
     save_model(paths.model, loop.arch, arch_params, loop.data.image_size, state.best.state)
     results.write(paths.metrics, result)
     tracker.log_metrics({"best/val_miou": result.best_val_miou}, step=state.best.epoch)
     if log_model:
-        # Batch of 2: torch.export would specialise a batch of 1 and refuse other sizes.
-        example = torch.zeros(2, 3, loop.data.image_size, loop.data.image_size)
-        tracker.log_model(copy.deepcopy(model).to(memory_format=torch.contiguous_format), example)
+        tracker.log_model(paths.model)
     tracker.end("FINISHED")
     return result
 
@@ -326,8 +323,9 @@ def release_memory() -> None:
     """Hand the training's freed activation memory back to the OS (glibc keeps it otherwise).
 
     glibc's malloc raises its mmap threshold after large frees, so later tensors come from the
-    heap and stay resident when freed; the imports and tracing after training (FLOP counter,
-    torch.export for MLflow) would then add to the training's peak instead of reusing it.
+    heap and stay resident when freed; the imports and work after training (FLOP counter, the
+    MLflow model and its example prediction) would then add to the training's peak instead of
+    reusing it.
     """
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to do

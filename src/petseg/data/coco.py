@@ -61,10 +61,14 @@ def ground_truth(names: Sequence[str], masks: np.ndarray, classes: Sequence[str]
 
 def results(pred: np.ndarray, classes: Sequence[str]) -> list[dict[str, Any]]:
     """COCO results: one RLE per image (ids as in :func:`ground_truth`) and predicted class."""
+    return [r for i, labels in enumerate(pred) for r in image_results(i + 1, labels, len(classes))]
+
+
+def image_results(image_id: int, labels: np.ndarray, n_classes: int) -> list[dict[str, Any]]:
+    """The COCO results of one (H, W) label map: one RLE per class present (id = label + 1)."""
     return [
-        {"image_id": i + 1, "category_id": c + 1, "segmentation": rle, "score": 1.0}
-        for i, labels in enumerate(pred)
-        for c, rle in _per_class(labels, len(classes))
+        {"image_id": image_id, "category_id": c + 1, "segmentation": rle, "score": 1.0}
+        for c, rle in _per_class(labels, n_classes)
     ]
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 from PIL import Image
@@ -160,18 +160,37 @@ def load_image(
     """Return (RGB uint8 array at ``size``, original (h, w), notes) for the image at ``path``."""
     if not path.is_file():
         raise SkipFile("missing image", _short(path))
+    return decode_rgb(path, (size, size), on_wrong_format)
+
+
+def decode_rgb(
+    source: Path | BinaryIO,
+    size: tuple[int, int] | None,
+    on_wrong_format: Literal["convert", "skip"] = "convert",
+) -> tuple[np.ndarray, tuple[int, int], list[str]]:
+    """Decode ``source`` (a path or an open binary file) by content: (RGB uint8 array at ``size``
+    = (height, width), or at its own size for None; original (h, w); notes).
+
+    The one decoder of petseg: preprocess and predict read images through it, so a network sees
+    at prediction time exactly the pixels it was trained and evaluated on. Raises
+    :class:`SkipFile` for a file that cannot be decoded (or must be skipped)."""
+    name = source.name if isinstance(source, Path) else getattr(source, "name", "image")
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             w, h = im.size  # before draft(), which shrinks the reported size
             notes = _format_notes(im, on_wrong_format)
-            draft = im.draft("RGB", (size, size))
+            draft = im.draft("RGB", size[::-1]) if size else None
             im.load()  # decode now: a truncated JPEG only fails here
             rgb = _to_rgb(im)
-            box = draft[1] if draft else None
-            resized = rgb.resize((size, size), Image.Resampling.BILINEAR, box=box)
+            if size and size != (h, w):
+                box = draft[1] if draft else None
+                rgb = rgb.resize(size[::-1], Image.Resampling.BILINEAR, box=box)
+            return np.asarray(rgb), (h, w), notes
+    except Image.UnidentifiedImageError:  # its message is PIL's repr of the file object
+        detail = "not an image: no decoder recognises its content"
+        raise SkipFile("unreadable image", f"{Path(str(name)).name}: {detail}") from None
     except _DECODE_ERRORS as exc:
-        raise SkipFile("unreadable image", f"{path.name}: {exc}") from None
-    return np.asarray(resized), (h, w), notes
+        raise SkipFile("unreadable image", f"{Path(str(name)).name}: {exc}") from None
 
 
 def _format_notes(im: Image.Image, on_wrong_format: str) -> list[str]:

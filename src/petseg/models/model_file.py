@@ -8,6 +8,7 @@ anything that predicts read it with :func:`load_model`, without importing the tr
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from petseg.fileio import atomic_file
 from petseg.models.blocks import SegmentationModel
 from petseg.models.registry import build_model
 
+RETRAIN = "pass a models/<arch>.pt written by a train stage, or retrain it (dvc repro)"
 KEYS = ("arch", "params", "num_classes", "classes", "image_size", "state_dict")
 
 
@@ -67,12 +69,10 @@ def load_model(path: str | Path) -> tuple[SegmentationModel, ModelInfo]:
     except FileNotFoundError:
         raise DataError(f"{path} not found: run its train stage (dvc repro)") from None
     except Exception as exc:  # torn file, foreign pickle: torch raises many kinds
-        raise DataError(
-            f"{path} is not a petseg model file ({exc}): retrain it (dvc repro)"
-        ) from None
+        raise DataError(f"{path} is not a petseg model file ({_why(exc)}): {RETRAIN}") from None
     missing = [k for k in KEYS if not isinstance(blob, dict) or k not in blob]
     if missing:
-        raise DataError(f"{path} lacks {', '.join(missing)}: retrain it (dvc repro)")
+        raise DataError(f"{path} is not a petseg model file (no {', '.join(missing)}): {RETRAIN}")
     arch = blob["arch"]
     try:
         models = ModelsParams.model_validate({ARCH_SECTIONS[arch]: blob["params"]})
@@ -84,3 +84,14 @@ def load_model(path: str | Path) -> tuple[SegmentationModel, ModelInfo]:
         arch, blob["params"], blob["num_classes"], tuple(blob["classes"]), blob["image_size"]
     )
     return model.eval(), info
+
+
+def _why(exc: Exception) -> str:
+    """One line on why ``torch.load`` refused a file (its own messages run to paragraphs)."""
+    text = str(exc)
+    if "Unsupported global" in text:  # a pickle of classes (a whole nn.Module, say)
+        return "it pickles Python objects, which petseg never unpickles"
+    if isinstance(exc, pickle.UnpicklingError) or "Unsupported operand" in text:
+        return "not a file that torch.save wrote"
+    first = next(iter(text.splitlines()), "")
+    return f"torch.load: {type(exc).__name__} {first[:120]}".rstrip()
