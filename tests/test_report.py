@@ -29,13 +29,20 @@ from petseg.report import (
     discussion,
     load_inputs,
     setup_rows,
+    title,
 )
+from petseg.report.figures import curves_chart
 from petseg.results import Intervals, Summary, TestMetrics, TrainMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COUNTS = {"train": 80, "val": 14, "test": 12}
 IMAGES = ["img_1", "img_2", "img_3", "img_4"]
+# plots/eval/examples.csv: the grid files evaluate wrote and the test image each shows.
+EXAMPLES = [
+    {"file": "fixed_01.png", "kind": "fixed", "rank": 1, "image": "img_1"},
+    {"file": "hardest_01.png", "kind": "hardest", "rank": 1, "image": "img_3"},
+]
 
 
 def numbers(pet, background, border, *, seconds=100.0, ips=50.0, params=1_000_000, gflops=1.0):
@@ -132,7 +139,7 @@ def _write_json(path: Path, obj) -> None:
 def _write_eval_plots(ev: Path, tests: dict[str, TestMetrics]) -> None:
     """plots/eval/*.csv as evaluate writes them."""
     per_image = [
-        {R.PER_IMAGE_INDEX: name, **{a: 0.4 + 0.1 * i for a in tests}}
+        {R.PER_IMAGE_INDEX: name, **{a: 0.4 + 0.1 * i + 0.01 * k for k, a in enumerate(tests)}}
         for i, name in enumerate(IMAGES)
     ]
     R.write_csv(
@@ -165,8 +172,9 @@ def write_outputs(root: Path, results: dict, experiments: list[dict] | None = No
     _write_eval_plots(root / "plots/eval", tests)
     grid = np.zeros((8, 5 * 8, 3), dtype=np.uint8)
     (root / "plots/predictions").mkdir(parents=True)
-    for rank, name in enumerate(IMAGES[:2]):
-        Image.fromarray(grid).save(root / "plots/predictions" / f"{rank:02d}_{name}_miou0.42.png")
+    for row in EXAMPLES:
+        Image.fromarray(grid).save(root / "plots/predictions" / row["file"])
+    R.write_csv(root / "plots/eval/examples.csv", R.EXAMPLE_COLUMNS, EXAMPLES)
     _write_json(
         root / "data/prepared/manifest.json",
         {"image_size": 64, "counts": COUNTS, "skipped": [],
@@ -468,13 +476,48 @@ def test_prediction_grid_is_explained(strided_report):
         assert "input | ground truth | strided | unpool | unet" in text
         assert "Under each prediction, its error map" in text and "red (#d7191c)" in text
         assert "pet orange" in text.replace(" (orange)", " orange")
-        assert "img_1: min mIoU 0.42" in text
+        # The scores come from per_image.csv: the file names carry none.
+        scores = "Per-image mIoU: strided {}, unpool {}, unet {}."
+        assert "fixed 1 of 1: img_1. " + scores.format("0.40", "0.41", "0.42") in text
+        assert "hardest 1 of 1: img_3. " + scores.format("0.60", "0.61", "0.62") in text
+        assert text.index("Fixed test images") < text.index("fixed 1 of 1")
+        assert text.index("fixed 1 of 1") < text.index("Hardest test images")
+        assert text.index("Hardest test images") < text.index("hardest 1 of 1")
+    assert "![hardest 1 of 1: img_3" not in markdown  # alt text is the stable file name
+    assert "(figures/predictions/hardest_01.png)" in markdown
     for colour in LEGEND.values():
         assert colour in html
 
 
 def test_legend_is_the_grid_palette_in_hex():
     assert LEGEND == {"pet": "#e66101", "background": "#282828", "border": "#faf0b4"}
+
+
+def test_a_grid_listed_in_examples_csv_but_missing_is_an_error(tmp_path):
+    paths = write_outputs(tmp_path, STRIDED_WINS)
+    (paths.predictions / "hardest_01.png").unlink()
+    with pytest.raises(DataError, match=r"lacks hardest_01\.png .*run dvc repro evaluate"):
+        load_inputs(paths)
+
+
+def test_title_names_the_networks_from_the_results_and_the_data_source(strided_report):
+    _, html, markdown = strided_report
+    expected = "petseg: strided vs unpool vs unet on synthetic pets-like scenes"
+    assert f"<title>{expected} (offline demo data)</title>" in html
+    assert markdown.startswith(f"# {expected}")
+    assert "Oxford-IIIT Pet" not in html.split("</h1>")[0]
+    assert title(["a", "b", "c", "d"], "oxford-iiit-pet") == (
+        "petseg: a vs b vs c vs d on Oxford-IIIT Pet trimaps"
+    )
+    assert title(["unet", "unet_noskip"], "coco").endswith("on COCO-annotated images")
+    assert "folder" in title(["unet"], "folder")
+
+
+def test_training_curves_draw_the_validation_pixel_accuracy(tmp_path):
+    inputs = load_inputs(write_outputs(tmp_path, STRIDED_WINS))
+    curves = inputs.curves
+    changed = {a: df.assign(val_pixel_acc=df["val_pixel_acc"] / 2) for a, df in curves.items()}
+    assert curves_chart(changed) != curves_chart(curves)
 
 
 def test_setup_reports_data_and_recipe(strided_report):

@@ -24,7 +24,7 @@ from petseg.fileio import atomic_dir
 from petseg.report.discussion import discussion
 from petseg.report.figures import charts, examples, regularization_chart
 from petseg.report.inputs import ReportPaths, load_inputs
-from petseg.report.render import LEGEND, Report, render_html, render_markdown
+from petseg.report.render import LEGEND, Report, render_html, render_markdown, title
 from petseg.report.tables import metrics_table, regularization_table, setup_rows
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "discussion",
     "load_inputs",
     "setup_rows",
+    "title",
 ]
 
 
@@ -48,6 +49,7 @@ def build_report(
     inputs = load_inputs(paths)
     exps = inputs.experiments
     report = Report(
+        title=title(inputs.archs, data.source),
         setup=setup_rows(inputs, data, preprocess, train, models),
         metrics=metrics_table(inputs.test),
         discussion=discussion(
@@ -59,7 +61,7 @@ def build_report(
         ),
         charts=charts(inputs),
         archs=inputs.archs,
-        examples=examples(inputs.predictions, inputs.per_image, inputs.archs),
+        examples=examples(inputs.predictions, inputs.examples, inputs.per_image, inputs.archs),
         regularization=None if exps is None else regularization_table(exps),
         regularization_chart=None if exps is None else regularization_chart(exps),
     )
