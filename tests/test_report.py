@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import check_page
+from browser import check_page, print_layout
 from PIL import Image
 
 from petseg import CLASSES
@@ -459,6 +459,27 @@ def test_html_opens_in_chromium_without_errors_and_every_image_loads(strided_rep
     page = check_page(chromium, paths.out / "index.html")
     assert page.problems == []
     assert page.images == 5 + 2
+
+
+# A fourth network with a long name: the table's width does not depend on how many there are.
+FOUR = {**STRIDED_WINS, "unet_noskip": numbers(0.70, 0.80, 0.20)}
+
+
+@pytest.mark.slow
+def test_the_page_prints_to_a4_without_a_table_wider_than_the_page(tmp_path, chromium):
+    index = build_report(write_outputs(tmp_path, FOUR), **PARAMS)
+    layout = print_layout(chromium, index)
+    assert layout.printable_width == pytest.approx(703.0, abs=1)  # A4 less the 12 mm margins
+    assert {t["cls"] for t in layout.tables} == {"setup", "metrics"}
+    for table in layout.tables:
+        assert table["left"] >= 0 and table["right"] <= layout.printable_width + 0.5, table
+    assert layout.page_width <= layout.printable_width + 0.5  # nothing else overflows either
+    assert layout.pdf.startswith(b"%PDF-")
+    assert len(re.findall(rb"/Type\s*/Page(?!s)", layout.pdf)) >= 2
+    # The check can fail: with the screen styles at that width the metrics table overflows.
+    screen = print_layout(chromium, index, media="screen")
+    metrics = next(t for t in screen.tables if t["cls"] == "metrics")
+    assert metrics["right"] > screen.printable_width
 
 
 def test_markdown_figures_are_png_files_beside_it(strided_report):

@@ -107,6 +107,21 @@ img.grid { image-rendering: pixelated; }
 .swatch { display: inline-block; width: 1em; height: 1em; border: 1px solid #888;
           vertical-align: middle; margin: 0 .3em 0 .8em; }
 .note { color: #555; font-size: .9em; }
+@page { size: A4; margin: 12mm; }
+@media print {
+  /* A4 portrait: every table fits the printable width at full scale, so nothing is cut off or
+     shrunk: small type, tight cells, headers wrapped between words and numbers never broken. */
+  body { max-width: none; margin: 0; padding: 0; font-size: 9.5pt; line-height: 1.3; }
+  h1 { font-size: 1.4em; } h2 { margin-top: 1.2em; break-after: avoid; }
+  h3, p.note { break-after: avoid; }
+  /* Prints leave out backgrounds: the legend swatches and the best cells need theirs. */
+  .swatch, td.best, th { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+  table { width: 100%; font-size: 7.5pt; }
+  th, td { padding: .15em .3em; } th { overflow-wrap: break-word; }
+  tr, li, figure { break-inside: avoid; }
+  figure { margin: .8em 0; } figure img { max-height: 200mm; }
+  img.grid { image-rendering: auto; }
+}
 """
 
 
