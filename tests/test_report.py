@@ -193,6 +193,7 @@ def write_outputs(root: Path, results: dict, experiments: list[dict] | None = No
         manifest=root / "data/prepared/manifest.json",
         out=root / "report",
         experiments=root / "plots/experiments.csv",
+        params=_write_params(root / "params.yaml"),
     )
 
 
@@ -202,6 +203,15 @@ PARAMS = {
     "train": TrainParams(epochs=3, batch_size=32, seed=7),
     "models": ModelsParams(),
 }
+
+
+def _write_params(path: Path) -> Path:
+    """params.yaml holding PARAMS (what the notebook's code cells load)."""
+    path.write_text(
+        "data: {source: synthetic}\npreprocess: {image_size: 64}\n"
+        "train: {epochs: 3, batch_size: 32, seed: 7}\n"
+    )
+    return path
 
 
 class Tables(HTMLParser):
@@ -561,6 +571,72 @@ def test_setup_names_each_architectures_block(strided_report):
     assert "unet: depth 4, base width 32, dropout 0, residual blocks with 4× bottleneck" in row
 
 
+# ------------------------------------------------------------------------------ notebook
+@pytest.fixture
+def kernel(tmp_path_factory, monkeypatch) -> str:
+    """A Jupyter kernel spec that runs this interpreter (so the kernel imports what the tests
+    import, whatever other python3 kernels the machine has); returns its name."""
+    jupyter = tmp_path_factory.mktemp("jupyter")
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "petseg tests",
+        "language": "python",
+    }
+    (jupyter / "kernels/petseg-tests").mkdir(parents=True)
+    (jupyter / "kernels/petseg-tests/kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JUPYTER_PATH", str(jupyter))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(jupyter / "runtime"))
+    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
+    return "petseg-tests"
+
+
+def _outputs(nb) -> list[list[dict]]:
+    return [[o.get("data") for o in c.outputs] for c in nb.cells if c.cell_type == "code"]
+
+
+def test_notebook_runs_top_to_bottom_from_the_report_folder_and_the_root(tmp_path, kernel):
+    import nbformat
+    from nbclient import NotebookClient
+
+    paths = write_outputs(tmp_path, STRIDED_WINS)
+    build_report(paths, **PARAMS)
+    stored = nbformat.read(paths.out / "report.ipynb", as_version=4)
+    nbformat.validate(stored)
+    assert any(o for o in _outputs(stored))  # it reads without running
+    for cwd in (paths.out, tmp_path):
+        nb = nbformat.read(paths.out / "report.ipynb", as_version=4)
+        client = NotebookClient(
+            nb, kernel_name=kernel, timeout=120, resources={"metadata": {"path": str(cwd)}}
+        )
+        client.execute()  # raises CellExecutionError on the first cell that fails
+        assert not [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+        assert _outputs(nb) == _outputs(stored), cwd  # the same outputs, recomputed
+
+
+def test_notebook_has_the_reports_sections_and_outputs(strided_report):
+    import nbformat
+
+    paths, _, markdown = strided_report
+    raw = (paths.out / "report.ipynb").read_text(encoding="utf-8")
+    nb = nbformat.reads(raw, as_version=4)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    headings = [line for line in text.splitlines() if line.startswith("#")]
+    assert headings == [line for line in markdown.splitlines() if line.startswith("#")]
+    outputs = [o["data"] for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    pngs = [d["image/png"] for d in outputs if "image/png" in d]
+    assert len(pngs) == 5 + 2  # five charts, two prediction rows
+    assert all(base64.b64decode(p).startswith(PNG_SIGNATURE) for p in pngs)
+    tables = [d["text/html"] for d in outputs if "text/html" in d]
+    metrics = next(t for t in tables if "Architecture" in t)
+    _check_values(as_dicts([[c for c, _ in r] for r in Tables(metrics).tables["table"]]), paths)
+    sentences = next(d["text/markdown"] for d in outputs if d.get("text/markdown", "")[:2] == "- ")
+    assert sentences.splitlines() == [f"- {s}" for s in Tables(strided_report[1]).items]
+    # Paths relative to the project, so the notebook runs wherever the project is.
+    assert str(paths.out.parent) not in raw
+    build_report(paths, **PARAMS)
+    assert (paths.out / "report.ipynb").read_text(encoding="utf-8") == raw  # byte-identical
+
+
 # ------------------------------------------------------------------------ regularization
 def test_no_experiments_says_so(strided_report):
     _, html, markdown = strided_report
@@ -639,7 +715,9 @@ def test_stage_writes_the_report_and_says_where(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert str(paths.out / "index.html") in proc.stdout
     assert (paths.out / "README.md").is_file()
-    assert sorted(p.name for p in paths.out.iterdir()) == ["README.md", "figures", "index.html"]
+    assert sorted(p.name for p in paths.out.iterdir()) == [
+        "README.md", "figures", "index.html", "report.ipynb",
+    ]  # fmt: skip
 
 
 def test_stage_missing_input_exits_2_naming_the_file(tmp_path):

@@ -27,6 +27,7 @@ class ReportPaths:
     manifest: Path  # data/prepared/manifest.json
     out: Path  # report/: index.html, README.md, figures/
     experiments: Path | None = None  # plots/experiments.csv; absent = no experiments were run
+    params: Path = Path("params.yaml")  # what the notebook's code cells load the params from
 
 
 @dataclass(frozen=True)
