@@ -63,10 +63,12 @@ PAGE_MARGINS_JS = """() => {
 }"""
 WIDTHS_JS = """selector => ({
     page: document.documentElement.scrollWidth,
-    tables: [...document.querySelectorAll(selector)].map(t => {
-        const box = t.getBoundingClientRect();
-        return {cls: t.className, left: box.left, right: box.right, width: box.width};
-    }),
+    tables: [...document.querySelectorAll(selector)]
+        .filter(t => t.getClientRects().length)  // shown: not display: none
+        .map(t => {
+            const box = t.getBoundingClientRect();
+            return {cls: t.className, left: box.left, right: box.right, width: box.width};
+        }),
 })"""
 
 
@@ -74,7 +76,7 @@ WIDTHS_JS = """selector => ({
 class PrintLayout:
     printable_width: float  # A4 less the @page margins, in CSS px
     page_width: float  # how wide the laid-out page is (wider than printable: something overflows)
-    tables: list[dict]  # per <table>: cls, left, right, width in CSS px
+    tables: list[dict]  # per <table> shown (display: none ones left out): cls, left, right, width
     pdf: bytes  # the page printed to A4 by Chromium
 
 

@@ -471,6 +471,16 @@ def test_html_opens_in_chromium_without_errors_and_every_image_loads(strided_rep
     assert page.images == 5 + 2
 
 
+def test_the_printed_metrics_table_is_the_screen_table_turned(strided_report):
+    _, html, _ = strided_report
+    page = Tables(html)
+    screen, printed = page.tables["metrics"], page.tables["metrics-print print-only"]
+    turned = [list(column) for column in zip(*screen, strict=True)]
+    turned[0][0] = ("Metric", False)
+    assert printed == turned  # every value and every best mark, one row per metric
+    assert len(printed[0]) == 1 + len(STRIDED_WINS)  # as wide as there are networks
+
+
 # A fourth network with a long name: the table's width does not depend on how many there are.
 FOUR = {**STRIDED_WINS, "unet_noskip": numbers(0.70, 0.80, 0.20)}
 
@@ -480,7 +490,8 @@ def test_the_page_prints_to_a4_without_a_table_wider_than_the_page(tmp_path, chr
     index = build_report(write_outputs(tmp_path, FOUR), **PARAMS)
     layout = print_layout(chromium, index)
     assert layout.printable_width == pytest.approx(703.0, abs=1)  # A4 less the 12 mm margins
-    assert {t["cls"] for t in layout.tables} == {"setup", "metrics"}
+    # Printed, the metrics table is turned: one row per metric, one column per network.
+    assert {t["cls"] for t in layout.tables} == {"setup", "metrics-print print-only"}
     for table in layout.tables:
         assert table["left"] >= 0 and table["right"] <= layout.printable_width + 0.5, table
     assert layout.page_width <= layout.printable_width + 0.5  # nothing else overflows either
@@ -488,6 +499,7 @@ def test_the_page_prints_to_a4_without_a_table_wider_than_the_page(tmp_path, chr
     assert len(re.findall(rb"/Type\s*/Page(?!s)", layout.pdf)) >= 2
     # The check can fail: with the screen styles at that width the metrics table overflows.
     screen = print_layout(chromium, index, media="screen")
+    assert {t["cls"] for t in screen.tables} == {"setup", "metrics"}
     metrics = next(t for t in screen.tables if t["cls"] == "metrics")
     assert metrics["right"] > screen.printable_width
 

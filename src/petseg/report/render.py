@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from petseg import CLASSES, ERROR_COLOUR, PALETTE
 from petseg.report.figures import Chart, Example
-from petseg.report.tables import Table
+from petseg.report.tables import Table, transposed
 
 # Colours of the prediction grids, as hex for the legend.
 LEGEND = {c: "#{:02x}{:02x}{:02x}".format(*rgb) for c, rgb in zip(CLASSES, PALETTE, strict=True)}
@@ -48,6 +48,10 @@ METRICS_NOTE = (
     "the best value of each column is in bold with ★. Train step × and Inference × are each "
     "network's time relative to the fastest, timed in turn in one process (the ranking to trust); "
     "(wall) columns are single wall-clock measurements, which other jobs on the machine move."
+)
+PRINT_NOTE = (
+    "Printed, the table is turned to fit the page: one row per metric, one column per "
+    "architecture, the best value of each row in bold with ★."
 )
 REG_NOTE = (
     "Test mIoU per regularization variant and architecture: mean ± sample standard deviation over "
@@ -113,10 +117,14 @@ img.grid { image-rendering: pixelated; }
 .swatch { display: inline-block; width: 1em; height: 1em; border: 1px solid #888;
           vertical-align: middle; margin: 0 .3em 0 .8em; }
 .note { color: #555; font-size: .9em; }
+div.wide { overflow-x: auto; } .print-only { display: none; }
 @page { size: A4; margin: 12mm; }
 @media print {
   /* A4 portrait: every table fits the printable width at full scale, so nothing is cut off or
-     shrunk: small type, tight cells, headers wrapped between words and numbers never broken. */
+     shrunk: the metrics table turned (as wide as there are architectures, whatever the number of
+     metrics), small type, tight cells, headers wrapped between words, numbers never broken. */
+  .print-only { display: block; } table.print-only { display: table; }
+  table.metrics { display: none; }
   body { max-width: none; margin: 0; padding: 0; font-size: 9.5pt; line-height: 1.3; }
   h1 { font-size: 1.4em; } h2 { margin-top: 1.2em; break-after: avoid; }
   h3, p.note { break-after: avoid; }
@@ -181,7 +189,9 @@ def render_html(report: Report) -> str:
         html_setup(report.setup),
         "<h2>Test metrics</h2>",
         f'<p class="note">{e(METRICS_NOTE)}</p>',
-        html_table(report.metrics, "metrics"),
+        f'<div class="wide">{html_table(report.metrics, "metrics")}</div>',
+        f'<p class="note print-only">{e(PRINT_NOTE)}</p>',
+        html_table(transposed(report.metrics), "metrics-print print-only"),
         "<h2>Discussion</h2>",
         '<ul class="discussion">',
         *(f"<li>{e(s)}</li>" for s in report.discussion),
