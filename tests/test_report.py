@@ -610,7 +610,8 @@ def test_notebook_runs_top_to_bottom_from_the_report_folder_and_the_root(tmp_pat
     import nbformat
     from nbclient import NotebookClient
 
-    paths = write_outputs(tmp_path, STRIDED_WINS)
+    runs = [{"variant": "baseline", "arch": a, "seed": 0, "miou": 0.5} for a in STRIDED_WINS]
+    paths = write_outputs(tmp_path, STRIDED_WINS, experiments=runs)  # every section has outputs
     build_report(paths, **PARAMS)
     stored = nbformat.read(paths.out / "report.ipynb", as_version=4)
     nbformat.validate(stored)

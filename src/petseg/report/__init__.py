@@ -27,6 +27,7 @@ from petseg.fileio import atomic_dir
 from petseg.report.discussion import discussion
 from petseg.report.figures import charts, examples, regularization_chart
 from petseg.report.inputs import ReportPaths, load_inputs
+from petseg.report.notebook import NAME as NOTEBOOK
 from petseg.report.notebook import write_notebook
 from petseg.report.render import LEGEND, Report, render_html, render_markdown, title
 from petseg.report.tables import metrics_table, regularization_table, setup_rows
@@ -97,4 +98,4 @@ def write_report(report: Report, paths: ReportPaths) -> None:
             (figures / "predictions" / ex.filename).write_bytes(ex.png)
         (tmp / "index.html").write_text(render_html(report), encoding="utf-8")
         (tmp / "README.md").write_text(render_markdown(report), encoding="utf-8")
-        write_notebook(report, paths, tmp / "report.ipynb")
+        write_notebook(report, paths, tmp / NOTEBOOK)

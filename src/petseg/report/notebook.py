@@ -40,6 +40,7 @@ from petseg.report.tables import Table
 
 Bundle = dict[str, str]  # one display output: MIME type -> content
 SECTIONS = ("data", "preprocess", "train", "models")  # the params.yaml sections the report reads
+NAME = "report.ipynb"  # in the report folder
 
 
 # ------------------------------------------------------------------------------ display
@@ -58,7 +59,7 @@ def _bundles(item: Any) -> list[Bundle]:
         return [_image(item.png, item.caption), _markdown(item.caption)]
     if isinstance(item, str):
         return [_markdown(item)]
-    if all(isinstance(row, tuple) for row in item):
+    if item and isinstance(item[0], tuple):
         return [{"text/html": html_setup(item), "text/plain": markdown_setup(item)}]
     return [_markdown("\n".join(f"- {sentence}" for sentence in item))]
 
@@ -100,8 +101,9 @@ def _code(source: str, items: Sequence[Any] = ()) -> nbformat.NotebookNode:
 
 def _cells(report: Report, paths: ReportPaths) -> list[nbformat.NotebookNode]:
     md = v4.new_markdown_cell
+    intro = INTRO.format(notebook=f"{_relative(paths)[1]['out']}/{NAME}")
     cells = [
-        md(f"# {report.title}\n\n{INTRO}"),
+        md(f"# {report.title}\n\n{intro}"),
         _code(_find_project(paths)),
         _code(_load(paths)),
         md("## Setup"),
@@ -130,7 +132,7 @@ def _cells(report: Report, paths: ReportPaths) -> list[nbformat.NotebookNode]:
 
 INTRO = (
     "The report stage wrote this notebook with every output below already in place. Running it "
-    "top to bottom (Run All in Jupyter, or `jupyter execute --inplace report/report.ipynb`) "
+    "top to bottom (Run All in Jupyter, or `jupyter execute --inplace {notebook}`) "
     "reloads the pipeline's files — metrics/, plots/, data/prepared/manifest.json and params.yaml "
     "— and shows the same outputs again. Run it from the project root or from the report folder, "
     "with the project's environment (`.venv`) as its kernel."
