@@ -1,4 +1,4 @@
-"""Write the comparison report: report/index.html and report/README.md (stages/report.py)."""
+"""Write the comparison report: report/index.html, report/README.md and report/report.ipynb."""
 
 import argparse
 from pathlib import Path
@@ -38,13 +38,17 @@ def main() -> None:
             experiments=args.experiments,
             seeds=args.seeds,
             seed_diffs=args.seed_diffs,
+            params=args.params,
         ),
         data=config.load_section(args.params, "data"),
         preprocess=config.load_section(args.params, "preprocess"),
         train=config.load_section(args.params, "train"),
         models=config.load_section(args.params, "models"),
     )
-    print(f"report: {index} (self-contained) and {args.out / 'README.md'}")
+    print(
+        f"report: {index} (self-contained), {args.out / 'README.md'} and "
+        f"{args.out / 'report.ipynb'}"
+    )
 
 
 if __name__ == "__main__":

@@ -42,6 +42,66 @@ IMAGES_JS = """() => [...document.images]
     .map(i => ({src: i.currentSrc || i.src, loaded: i.complete && i.naturalWidth > 0}))"""
 
 
+# A4 is 210 mm wide; CSS has 96 px to the inch.
+A4_WIDTH_PX = 210 / 25.4 * 96
+A4_HEIGHT_PX = 297 / 25.4 * 96
+# The left and right margins of the page's @page rule in px (0 without one), measured by laying out
+# a box that wide.
+PAGE_MARGINS_JS = """() => {
+    const rules = [...document.styleSheets].flatMap(s => [...s.cssRules]);
+    const page = rules.find(r => r instanceof CSSPageRule);
+    const px = length => {
+        if (!length) return 0;
+        const box = document.createElement('div');
+        box.style.width = length;
+        document.body.appendChild(box);
+        const width = box.getBoundingClientRect().width;
+        box.remove();
+        return width;
+    };
+    return page ? [px(page.style.marginLeft), px(page.style.marginRight)] : [0, 0];
+}"""
+WIDTHS_JS = """selector => ({
+    page: document.documentElement.scrollWidth,
+    tables: [...document.querySelectorAll(selector)]
+        .filter(t => t.getClientRects().length)  // shown: not display: none
+        .map(t => {
+            const box = t.getBoundingClientRect();
+            return {cls: t.className, left: box.left, right: box.right, width: box.width};
+        }),
+})"""
+
+
+@dataclass
+class PrintLayout:
+    printable_width: float  # A4 less the @page margins, in CSS px
+    page_width: float  # how wide the laid-out page is (wider than printable: something overflows)
+    tables: list[dict]  # per <table> shown (display: none ones left out): cls, left, right, width
+    pdf: bytes  # the page printed to A4 by Chromium
+
+
+def print_layout(
+    browser: Browser, path: Path, selector: str = "table", media: str = "print"
+) -> PrintLayout:
+    """``path`` laid out as Chromium prints it to A4: print media, a viewport as wide as the page's
+    printable width (A4 less its @page margins); then printed to a PDF. ``media="screen"`` lays
+    it out at that width with the screen styles instead (what printing would get without the
+    print stylesheet)."""
+    page = browser.new_page()
+    try:
+        page.goto(path.resolve().as_uri(), wait_until="load")
+        page.emulate_media(media="print")
+        printable = A4_WIDTH_PX - sum(page.evaluate(PAGE_MARGINS_JS))
+        page.set_viewport_size({"width": int(printable), "height": int(A4_HEIGHT_PX)})
+        page.emulate_media(media=media)
+        widths = page.evaluate(WIDTHS_JS, selector)
+        page.emulate_media(media="print")
+        pdf = page.pdf(format="A4")
+    finally:
+        page.close()
+    return PrintLayout(printable, widths["page"], widths["tables"], pdf)
+
+
 @dataclass
 class PageCheck:
     problems: list[str]  # empty when the page is fine

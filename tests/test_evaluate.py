@@ -4,11 +4,22 @@ matrices and the paired bootstrap intervals behind the report's comparisons."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
+from PIL import Image
 
 from petseg import ERROR_COLOUR, NUM_CLASSES, PALETTE
+from petseg.data.prepared import PreparedSplit
 from petseg.evaluate.cost import _round_robin, _timings, time_steps
-from petseg.evaluate.grids import error_map, grid_row
+from petseg.evaluate.grids import (
+    SEP,
+    choose_examples,
+    error_map,
+    example_rows,
+    grid_row,
+    labelled,
+    write_grids,
+)
 from petseg.evaluate.scores import (
     bootstrap_intervals,
     boundary_counts,
@@ -55,6 +66,69 @@ def test_grid_row_has_predictions_above_their_error_maps():
     assert np.all(bottom[:, : col[1] + w] == 255)  # nothing under input and truth
     assert np.array_equal(bottom[:, col[2] : col[2] + w], error_map(image, truth, truth))
     assert np.array_equal(bottom[:, col[3] : col[3] + w], error_map(image, truth, pred))
+
+
+def test_fixed_examples_do_not_depend_on_the_scores_and_the_hardest_do():
+    n_test = 20
+    good = {"a": np.linspace(0.9, 0.5, n_test), "b": np.full(n_test, 0.7)}
+    bad = {"a": np.roll(good["a"], 7), "b": np.full(n_test, 0.1)}
+    first, second = choose_examples(good, 5), choose_examples(bad, 5)
+    fixed = [ex for ex in first if ex.kind == "fixed"]
+    assert [(ex.rank, ex.index) for ex in fixed] == [(1, 0), (2, 10), (3, 19)]  # evenly spaced
+    assert [ex for ex in second if ex.kind == "fixed"] == fixed  # another run, the same images
+    assert [ex.file for ex in first] == [
+        "fixed_01.png", "fixed_02.png", "fixed_03.png", "hardest_01.png", "hardest_02.png",
+    ]  # fmt: skip
+    assert [ex.index for ex in first if ex.kind == "hardest"] == [19, 18]  # lowest mean first
+    assert [ex.index for ex in second if ex.kind == "hardest"] == [6, 5]
+    assert choose_examples({"a": np.array([0.5, np.nan, 0.2])}, 9)[-1].index == 2  # NaN last
+    rows = example_rows(first[:1], [f"img_{i}" for i in range(n_test)])
+    assert rows == [{"file": "fixed_01.png", "kind": "fixed", "rank": 1, "image": "img_0"}]
+
+
+def _ink(pixels: np.ndarray) -> bool:
+    return bool((pixels.min(axis=-1) < 128).any())
+
+
+def test_labelled_grid_names_the_row_and_every_column_over_its_own_tile():
+    image, truth, pred = _case()
+    scale, w = 12, truth.shape[1]  # tiles 60 px wide
+    row = grid_row(image, truth, [truth, pred], scale)
+    columns = [("input", ""), ("ground truth", ""), ("a", "mIoU 1.00"), ("b", "mIoU 0.50")]
+    out = np.asarray(labelled(row, "fixed 1 of 2: img", columns, w * scale))
+    head, step, tiles = out.shape[0] - row.height, (w + SEP) * scale, np.asarray(row)
+    assert head > 0
+    assert np.array_equal(out[head : head + row.height // 2], tiles[: row.height // 2])
+    assert np.array_equal(out[head:, 2 * step :], tiles[:, 2 * step :])  # the error maps
+    band = out[:head]
+    assert _ink(band[: head // 3])  # the title line
+    for k in range(len(columns)):
+        assert _ink(band[head // 3 :, k * step : k * step + w * scale]), columns[k]
+        gutter = band[head // 3 :, k * step + w * scale : (k + 1) * step]
+        assert not _ink(gutter), f"label {columns[k]} runs past its tile"
+    under_truth = out[head + row.height // 2 :, : 2 * w * scale]
+    assert _ink(under_truth)  # the note on the error maps
+
+
+def test_grid_files_have_stable_names_and_a_header(tmp_path):
+    image, truth, pred = _case()
+    split = PreparedSplit(
+        images=np.stack([image] * 3), masks=np.stack([truth] * 3), names=["x", "y", "z"]
+    )
+    preds = {"a": np.stack([truth, pred, pred]), "b": np.stack([pred] * 3)}
+    scores = {"a": np.array([1.0, 0.5, 0.5]), "b": np.array([0.5, 0.5, 0.4])}
+    examples = choose_examples(scores, 2)
+    write_grids(tmp_path / "grids", split, preds, scores, examples, scale=4)
+    assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == [
+        "fixed_01.png",
+        "hardest_01.png",
+    ]
+    png = Image.open(tmp_path / "grids/hardest_01.png")
+    assert png.width == 4 * (4 * 5 + 3 * SEP) and png.height > 4 * (2 * 6 + SEP)
+    frame = pd.DataFrame(example_rows(examples, split.names))
+    assert frame.to_dict("records")[1] == {
+        "file": "hardest_01.png", "kind": "hardest", "rank": 1, "image": "z",
+    }  # fmt: skip
 
 
 # ------------------------------------------------------------- per-image scores and bootstrap

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import check_page
+from browser import check_page, print_layout
 from PIL import Image
 
 from petseg import CLASSES
@@ -30,13 +30,20 @@ from petseg.report import (
     discussion,
     load_inputs,
     setup_rows,
+    title,
 )
+from petseg.report.figures import curves_chart
 from petseg.results import Intervals, Summary, TestMetrics, TrainMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COUNTS = {"train": 80, "val": 14, "test": 12}
 IMAGES = ["img_1", "img_2", "img_3", "img_4"]
+# plots/eval/examples.csv: the grid files evaluate wrote and the test image each shows.
+EXAMPLES = [
+    {"file": "fixed_01.png", "kind": "fixed", "rank": 1, "image": "img_1"},
+    {"file": "hardest_01.png", "kind": "hardest", "rank": 1, "image": "img_3"},
+]
 
 
 def numbers(pet, background, border, *, seconds=100.0, ips=50.0, params=1_000_000, gflops=1.0):
@@ -133,7 +140,7 @@ def _write_json(path: Path, obj) -> None:
 def _write_eval_plots(ev: Path, tests: dict[str, TestMetrics]) -> None:
     """plots/eval/*.csv as evaluate writes them."""
     per_image = [
-        {R.PER_IMAGE_INDEX: name, **{a: 0.4 + 0.1 * i for a in tests}}
+        {R.PER_IMAGE_INDEX: name, **{a: 0.4 + 0.1 * i + 0.01 * k for k, a in enumerate(tests)}}
         for i, name in enumerate(IMAGES)
     ]
     R.write_csv(
@@ -166,8 +173,9 @@ def write_outputs(root: Path, results: dict, experiments: list[dict] | None = No
     _write_eval_plots(root / "plots/eval", tests)
     grid = np.zeros((8, 5 * 8, 3), dtype=np.uint8)
     (root / "plots/predictions").mkdir(parents=True)
-    for rank, name in enumerate(IMAGES[:2]):
-        Image.fromarray(grid).save(root / "plots/predictions" / f"{rank:02d}_{name}_miou0.42.png")
+    for row in EXAMPLES:
+        Image.fromarray(grid).save(root / "plots/predictions" / row["file"])
+    R.write_csv(root / "plots/eval/examples.csv", R.EXAMPLE_COLUMNS, EXAMPLES)
     _write_json(
         root / "data/prepared/manifest.json",
         {"image_size": 64, "counts": COUNTS, "skipped": [],
@@ -186,6 +194,7 @@ def write_outputs(root: Path, results: dict, experiments: list[dict] | None = No
         manifest=root / "data/prepared/manifest.json",
         out=root / "report",
         experiments=root / "plots/experiments.csv",
+        params=_write_params(root / "params.yaml"),
     )
 
 
@@ -195,6 +204,15 @@ PARAMS = {
     "train": TrainParams(epochs=3, batch_size=32, seed=7),
     "models": ModelsParams(),
 }
+
+
+def _write_params(path: Path) -> Path:
+    """params.yaml holding PARAMS (what the notebook's code cells load)."""
+    path.write_text(
+        "data: {source: synthetic}\npreprocess: {image_size: 64}\n"
+        "train: {epochs: 3, batch_size: 32, seed: 7}\n"
+    )
+    return path
 
 
 class Tables(HTMLParser):
@@ -454,6 +472,39 @@ def test_html_opens_in_chromium_without_errors_and_every_image_loads(strided_rep
     assert page.images == 5 + 2
 
 
+def test_the_printed_metrics_table_is_the_screen_table_turned(strided_report):
+    _, html, _ = strided_report
+    page = Tables(html)
+    screen, printed = page.tables["metrics"], page.tables["metrics-print print-only"]
+    turned = [list(column) for column in zip(*screen, strict=True)]
+    turned[0][0] = ("Metric", False)
+    assert printed == turned  # every value and every best mark, one row per metric
+    assert len(printed[0]) == 1 + len(STRIDED_WINS)  # as wide as there are networks
+
+
+# A fourth network with a long name: the table's width does not depend on how many there are.
+FOUR = {**STRIDED_WINS, "unet_noskip": numbers(0.70, 0.80, 0.20)}
+
+
+@pytest.mark.slow
+def test_the_page_prints_to_a4_without_a_table_wider_than_the_page(tmp_path, chromium):
+    index = build_report(write_outputs(tmp_path, FOUR), **PARAMS)
+    layout = print_layout(chromium, index)
+    assert layout.printable_width == pytest.approx(703.0, abs=1)  # A4 less the 12 mm margins
+    # Printed, the metrics table is turned: one row per metric, one column per network.
+    assert {t["cls"] for t in layout.tables} == {"setup", "metrics-print print-only"}
+    for table in layout.tables:
+        assert table["left"] >= 0 and table["right"] <= layout.printable_width + 0.5, table
+    assert layout.page_width <= layout.printable_width + 0.5  # nothing else overflows either
+    assert layout.pdf.startswith(b"%PDF-")
+    assert len(re.findall(rb"/Type\s*/Page(?!s)", layout.pdf)) >= 2
+    # The check can fail: with the screen styles at that width the metrics table overflows.
+    screen = print_layout(chromium, index, media="screen")
+    assert {t["cls"] for t in screen.tables} == {"setup", "metrics"}
+    metrics = next(t for t in screen.tables if t["cls"] == "metrics")
+    assert metrics["right"] > screen.printable_width
+
+
 def test_markdown_figures_are_png_files_beside_it(strided_report):
     paths, _, markdown = strided_report
     refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
@@ -469,13 +520,48 @@ def test_prediction_grid_is_explained(strided_report):
         assert "input | ground truth | strided | unpool | unet" in text
         assert "Under each prediction, its error map" in text and "red (#d7191c)" in text
         assert "pet orange" in text.replace(" (orange)", " orange")
-        assert "img_1: min mIoU 0.42" in text
+        # The scores come from per_image.csv: the file names carry none.
+        scores = "Per-image mIoU: strided {}, unpool {}, unet {}."
+        assert "fixed 1 of 1: img_1. " + scores.format("0.40", "0.41", "0.42") in text
+        assert "hardest 1 of 1: img_3. " + scores.format("0.60", "0.61", "0.62") in text
+        assert text.index("Fixed test images") < text.index("fixed 1 of 1")
+        assert text.index("fixed 1 of 1") < text.index("Hardest test images")
+        assert text.index("Hardest test images") < text.index("hardest 1 of 1")
+    assert "![hardest 1 of 1: img_3" not in markdown  # alt text is the stable file name
+    assert "(figures/predictions/hardest_01.png)" in markdown
     for colour in LEGEND.values():
         assert colour in html
 
 
 def test_legend_is_the_grid_palette_in_hex():
     assert LEGEND == {"pet": "#e66101", "background": "#282828", "border": "#faf0b4"}
+
+
+def test_a_grid_listed_in_examples_csv_but_missing_is_an_error(tmp_path):
+    paths = write_outputs(tmp_path, STRIDED_WINS)
+    (paths.predictions / "hardest_01.png").unlink()
+    with pytest.raises(DataError, match=r"lacks hardest_01\.png .*run dvc repro evaluate"):
+        load_inputs(paths)
+
+
+def test_title_names_the_networks_from_the_results_and_the_data_source(strided_report):
+    _, html, markdown = strided_report
+    expected = "petseg: strided vs unpool vs unet on synthetic pets-like scenes"
+    assert f"<title>{expected} (offline demo data)</title>" in html
+    assert markdown.startswith(f"# {expected}")
+    assert "Oxford-IIIT Pet" not in html.split("</h1>")[0]
+    assert title(["a", "b", "c", "d"], "oxford-iiit-pet") == (
+        "petseg: a vs b vs c vs d on Oxford-IIIT Pet trimaps"
+    )
+    assert title(["unet", "unet_noskip"], "coco").endswith("on COCO-annotated images")
+    assert "folder" in title(["unet"], "folder")
+
+
+def test_training_curves_draw_the_validation_pixel_accuracy(tmp_path):
+    inputs = load_inputs(write_outputs(tmp_path, STRIDED_WINS))
+    curves = inputs.curves
+    changed = {a: df.assign(val_pixel_acc=df["val_pixel_acc"] / 2) for a, df in curves.items()}
+    assert curves_chart(changed) != curves_chart(curves)
 
 
 def test_setup_reports_data_and_recipe(strided_report):
@@ -496,6 +582,73 @@ def test_setup_names_each_architectures_block(strided_report):
     row = rows["Models"]
     assert f"strided: {default}" in row
     assert "unet: depth 4, base width 32, dropout 0, residual blocks with 4× bottleneck" in row
+
+
+# ------------------------------------------------------------------------------ notebook
+@pytest.fixture
+def kernel(tmp_path_factory, monkeypatch) -> str:
+    """A Jupyter kernel spec that runs this interpreter (so the kernel imports what the tests
+    import, whatever other python3 kernels the machine has); returns its name."""
+    jupyter = tmp_path_factory.mktemp("jupyter")
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "petseg tests",
+        "language": "python",
+    }
+    (jupyter / "kernels/petseg-tests").mkdir(parents=True)
+    (jupyter / "kernels/petseg-tests/kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JUPYTER_PATH", str(jupyter))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(jupyter / "runtime"))
+    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
+    return "petseg-tests"
+
+
+def _outputs(nb) -> list[list[dict]]:
+    return [[o.get("data") for o in c.outputs] for c in nb.cells if c.cell_type == "code"]
+
+
+def test_notebook_runs_top_to_bottom_from_the_report_folder_and_the_root(tmp_path, kernel):
+    import nbformat
+    from nbclient import NotebookClient
+
+    runs = [{"variant": "baseline", "arch": a, "seed": 0, "miou": 0.5} for a in STRIDED_WINS]
+    paths = write_outputs(tmp_path, STRIDED_WINS, experiments=runs)  # every section has outputs
+    build_report(paths, **PARAMS)
+    stored = nbformat.read(paths.out / "report.ipynb", as_version=4)
+    nbformat.validate(stored)
+    assert any(o for o in _outputs(stored))  # it reads without running
+    for cwd in (paths.out, tmp_path):
+        nb = nbformat.read(paths.out / "report.ipynb", as_version=4)
+        client = NotebookClient(
+            nb, kernel_name=kernel, timeout=120, resources={"metadata": {"path": str(cwd)}}
+        )
+        client.execute()  # raises CellExecutionError on the first cell that fails
+        assert not [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+        assert _outputs(nb) == _outputs(stored), cwd  # the same outputs, recomputed
+
+
+def test_notebook_has_the_reports_sections_and_outputs(strided_report):
+    import nbformat
+
+    paths, _, markdown = strided_report
+    raw = (paths.out / "report.ipynb").read_text(encoding="utf-8")
+    nb = nbformat.reads(raw, as_version=4)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    headings = [line for line in text.splitlines() if line.startswith("#")]
+    assert headings == [line for line in markdown.splitlines() if line.startswith("#")]
+    outputs = [o["data"] for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    pngs = [d["image/png"] for d in outputs if "image/png" in d]
+    assert len(pngs) == 5 + 2  # five charts, two prediction rows
+    assert all(base64.b64decode(p).startswith(PNG_SIGNATURE) for p in pngs)
+    tables = [d["text/html"] for d in outputs if "text/html" in d]
+    metrics = next(t for t in tables if "Architecture" in t)
+    _check_values(as_dicts([[c for c, _ in r] for r in Tables(metrics).tables["table"]]), paths)
+    sentences = next(d["text/markdown"] for d in outputs if d.get("text/markdown", "")[:2] == "- ")
+    assert sentences.splitlines() == [f"- {s}" for s in Tables(strided_report[1]).items]
+    # Paths relative to the project, so the notebook runs wherever the project is.
+    assert str(paths.out.parent) not in raw
+    build_report(paths, **PARAMS)
+    assert (paths.out / "report.ipynb").read_text(encoding="utf-8") == raw  # byte-identical
 
 
 # ------------------------------------------------------------------------ regularization
@@ -576,7 +729,9 @@ def test_stage_writes_the_report_and_says_where(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert str(paths.out / "index.html") in proc.stdout
     assert (paths.out / "README.md").is_file()
-    assert sorted(p.name for p in paths.out.iterdir()) == ["README.md", "figures", "index.html"]
+    assert sorted(p.name for p in paths.out.iterdir()) == [
+        "README.md", "figures", "index.html", "report.ipynb",
+    ]  # fmt: skip
 
 
 def test_stage_missing_input_exits_2_naming_the_file(tmp_path):

@@ -5,7 +5,8 @@ sweep read.
 ``metrics/test/<arch>.json``   :class:`TestMetrics`  (evaluate stage)
 ``metrics/summary.json``       :class:`Summary`      (evaluate stage): one row per architecture,
                                the best architecture per metric, paired bootstrap intervals
-``plots/**/*.csv``             the column names of every plot table (``*_COLUMNS``)
+``plots/**/*.csv``             the column names of every plot table (``*_COLUMNS``), and of
+                               ``plots/eval/examples.csv`` (which image each grid shows)
 
 Every file is written and read through this module, so a key has one spelling: a metric is named
 by its path in these records, ``miou`` or ``iou.border`` (per-class values are nested under
@@ -82,6 +83,9 @@ RUNTIME_COLUMNS = (
 SEEDS_COLUMNS = ("experiment", "seed", "arch", *COMPARED)
 SEED_DIFFS_COLUMNS = ("experiment", "seed", "a", "b", "metric", "diff", "low", "high")
 PER_IMAGE_INDEX = "image"  # per_image.csv: this column, then one mIoU column per architecture
+# examples.csv: the test image each prediction grid shows (file: its name in plots/predictions;
+# kind: fixed or hardest; rank: 1-based within the kind).
+EXAMPLE_COLUMNS = ("file", "kind", "rank", "image")
 
 HINT = {
     "preprocess": "run dvc repro preprocess",

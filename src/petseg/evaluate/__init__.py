@@ -10,7 +10,7 @@ function of that matrix (:mod:`petseg.evaluate.scores`); the files are written t
 ``inference``    running a network over the test split: labels, throughput, memory, full size
 ``cost``         training step and inference batch of every network, timed round-robin
 ``plot_data``    plots/eval/*.csv
-``grids``        plots/predictions/*.png
+``grids``        plots/predictions/*.png (and plots/eval/examples.csv: which image each shows)
 ``coco_export``  data/coco: ground truth and predictions as COCO RLE
 """
 
@@ -28,7 +28,7 @@ from petseg.data.prepared import PreparedSplit, load_split, read_manifest
 from petseg.device import pick_device
 from petseg.evaluate.coco_export import write_coco
 from petseg.evaluate.cost import time_steps
-from petseg.evaluate.grids import choose_examples, write_grids
+from petseg.evaluate.grids import choose_examples, example_rows, write_grids
 from petseg.evaluate.inference import PeakMemory, original_resolution_cm, predict
 from petseg.evaluate.plot_data import write_plot_data
 from petseg.evaluate.scores import (
@@ -51,7 +51,7 @@ class EvalPaths:
     train_metrics: dict[str, Path]  # arch -> metrics/train/<arch>.json
     metrics_dir: Path  # metrics/test/<arch>.json
     summary: Path  # metrics/summary.json
-    plots: Path  # plots/eval: confusion.csv, runtime.csv, per_class.csv, per_image.csv
+    plots: Path  # plots/eval: confusion, runtime, per_class, per_image and examples .csv
     predictions: Path  # plots/predictions/*.png
     coco: Path  # data/coco: ground truth and per-architecture results
 
@@ -89,6 +89,8 @@ def evaluate_all(params: EvaluateParams, paths: EvalPaths) -> Summary:
     preds = {a: e.pred for a, e in done.items()}
     examples = choose_examples(per_image, params.n_examples)
     write_grids(paths.predictions, test, preds, per_image, examples, params.grid_scale)
+    rows = example_rows(examples, test.names)
+    results.write_csv(paths.plots / "examples.csv", results.EXAMPLE_COLUMNS, rows)
     write_coco(paths.coco, test, preds)
     return summary
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,8 @@ def charts(inputs: Inputs) -> list[Chart]:
         Chart(
             "curves",
             "Training curves",
-            "Validation mIoU, training loss and validation loss per epoch (plots/train/*.csv).",
+            "Validation mIoU, validation pixel accuracy, training loss and validation loss per "
+            "epoch (plots/train/*.csv).",
             curves_chart(inputs.curves),
         ),
         Chart(
@@ -81,13 +81,14 @@ def _colors(archs: Sequence[str]) -> dict[str, str]:
 
 def curves_chart(curves: Mapping[str, pd.DataFrame]) -> bytes:
     colors = _colors(list(curves))
-    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    fig = Figure(figsize=(11, 7), layout="constrained")
     panels = (
         ("val_miou", "Validation mIoU"),
+        ("val_pixel_acc", "Validation pixel accuracy"),
         ("train_loss", "Training loss"),
         ("val_loss", "Validation loss"),
     )
-    for ax, (col, title) in zip(fig.subplots(1, 3), panels, strict=True):
+    for ax, (col, title) in zip(fig.subplots(2, 2).flat, panels, strict=True):
         for arch, df in curves.items():
             marker = "o" if len(df) <= 40 else None
             ax.plot(df["epoch"], df[col], marker=marker, ms=3, label=arch, color=colors[arch])
@@ -249,30 +250,30 @@ def _variant_runs(
 # ------------------------------------------------------------------------- prediction grids
 @dataclass(frozen=True)
 class Example:
-    filename: str
+    filename: str  # its stable name in plots/predictions, e.g. fixed_01.png
+    kind: str  # fixed or hardest
     caption: str
     png: bytes
 
 
-# The file names evaluate gives its grid rows: <rank>_<image>_miou<lowest mIoU>.png.
-_GRID_NAME = re.compile(r"^\d+_(?P<image>.+)_miou(?P<miou>[-+.\w]+)\.png$")
-
-
 def examples(
-    predictions: Sequence[Path], per_image: pd.DataFrame, archs: Sequence[str]
+    folder: Path, listed: pd.DataFrame, per_image: pd.DataFrame, archs: Sequence[str]
 ) -> list[Example]:
-    """The evaluate stage's grid rows, captioned with the image name and its per-image mIoU."""
+    """The evaluate stage's grid rows in the order ``listed`` (plots/eval/examples.csv) gives
+    them, each captioned with its image and that image's mIoU per architecture (per_image.csv:
+    the grid's file name carries no score, so that it stays the same across runs)."""
     scores = per_image.set_index(PER_IMAGE_INDEX)
+    counts = listed["kind"].value_counts()
     out = []
-    for path in predictions:
-        match = _GRID_NAME.match(path.name)
-        if match is None:
-            caption = path.name
-        else:
-            name = match["image"]
-            caption = f"{name}: min mIoU {match['miou']}"
-            if name in scores.index:
-                each = ", ".join(f"{a} {float(scores.loc[name, a]):.2f}" for a in archs)
-                caption += f" (per architecture: {each})"
-        out.append(Example(path.name, caption, path.read_bytes()))
+    for row in listed.itertuples(index=False):
+        name, kind = str(row.image), str(row.kind)
+        caption = f"{kind} {row.rank} of {counts[kind]}: {name}"
+        if name in scores.index:
+            each = ", ".join(f"{a} {_score(float(scores.loc[name, a]))}" for a in archs)
+            caption += f". Per-image mIoU: {each}"
+        out.append(Example(str(row.file), kind, caption + ".", (folder / row.file).read_bytes()))
     return out
+
+
+def _score(value: float) -> str:
+    return f"{value:.2f}" if math.isfinite(value) else "n/a"

@@ -22,13 +22,15 @@ class ReportPaths:
     test_metrics: Path  # metrics/test/<arch>.json
     train_metrics: Path  # metrics/train/<arch>.json
     train_plots: Path  # plots/train/<arch>.csv
-    eval_plots: Path  # plots/eval/{confusion,per_class,runtime,per_image}.csv
+    eval_plots: Path  # plots/eval/{confusion,per_class,runtime,per_image,examples}.csv
     predictions: Path  # plots/predictions/*.png
     manifest: Path  # data/prepared/manifest.json
     out: Path  # report/: index.html, README.md, figures/
     experiments: Path | None = None  # plots/experiments.csv; absent = no experiments were run
     seeds: Path | None = None  # plots/seeds.csv (make compare); absent or empty = one seed
     seed_diffs: Path | None = None  # plots/seed_diffs.csv (make compare)
+
+    params: Path = Path("params.yaml")  # what the notebook's code cells load the params from
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,8 @@ class Inputs:
     per_class: pd.DataFrame
     runtime: pd.DataFrame
     per_image: pd.DataFrame
-    predictions: list[Path]
+    examples: pd.DataFrame  # plots/eval/examples.csv: file, kind, rank, image
+    predictions: Path  # the folder of the grid PNGs that ``examples`` lists
     manifest: dict[str, Any]
     experiments: pd.DataFrame | None
     seeds: pd.DataFrame | None = None  # None: make compare has not run
@@ -73,7 +76,8 @@ def load_inputs(paths: ReportPaths) -> Inputs:
         per_class=results.read_csv(ev / "per_class.csv", results.PER_CLASS_COLUMNS),
         runtime=results.read_csv(ev / "runtime.csv", results.RUNTIME_COLUMNS),
         per_image=results.read_csv(ev / "per_image.csv", (results.PER_IMAGE_INDEX, *archs)),
-        predictions=_predictions(paths.predictions),
+        examples=_examples(ev / "examples.csv", paths.predictions),
+        predictions=paths.predictions,
         manifest=_manifest(paths.manifest),
         experiments=_experiments(paths.experiments),
         **_seeds(paths),
@@ -93,11 +97,14 @@ def _seeds(paths: ReportPaths) -> dict[str, pd.DataFrame | None]:
     return {"seeds": seeds, "seed_diffs": diffs}
 
 
-def _predictions(folder: Path) -> list[Path]:
-    """The evaluate stage's prediction grids (it may have written none)."""
-    if not folder.is_dir():
-        raise DataError(f"{folder} not found: {HINT['evaluate']}")
-    return sorted(folder.glob("*.png"))
+def _examples(path: Path, folder: Path) -> pd.DataFrame:
+    """examples.csv, every grid it lists checked to be in ``folder`` (it may list none)."""
+    examples = results.read_csv(path, results.EXAMPLE_COLUMNS)
+    missing = [f for f in examples["file"] if not (folder / f).is_file()]
+    if missing:
+        listed = f"{folder} lacks {', '.join(missing)} (listed in {path})"
+        raise DataError(f"{listed}: {HINT['evaluate']}")
+    return examples
 
 
 def _manifest(path: Path) -> dict[str, Any]:

@@ -92,6 +92,15 @@ def metrics_table(test: Mapping[str, TestMetrics]) -> Table:
     return Table(["Architecture", *arrows], rows, frozenset(best))
 
 
+def transposed(table: Table, corner: str = "Metric") -> Table:
+    """``table`` (first column: each row's name) turned: one row per column, one column per row.
+    The metrics table turned is as wide as there are architectures, however many metrics it shows:
+    the version that fits a printed page."""
+    header = [corner, *(row[0] for row in table.rows)]
+    rows = [[name, *(row[j] for row in table.rows)] for j, name in enumerate(table.header[1:], 1)]
+    return Table(header, rows, frozenset((j - 1, i + 1) for i, j in table.best))
+
+
 def regularization_table(experiments: pd.DataFrame) -> Table:
     """mIoU per (variant, arch): mean ± sample std when several runs (seeds) share a variant."""
     rows = []
