@@ -40,6 +40,7 @@ TINY: Mapping[str, Any] = MappingProxyType(
         "train.threads": 1,  # tests share the CPU cores with each other and with parallel runs
         "tracking.system_metrics": False,
         "evaluate.n_examples": 4,
+        "evaluate.cost_rounds": 3,
     }
 )
 

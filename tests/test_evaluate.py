@@ -3,6 +3,8 @@ matrices and the paired bootstrap intervals behind the report's comparisons."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import torch
@@ -237,13 +239,27 @@ def _biou_sum(counts: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------- step costs
-def test_round_robin_rotates_the_order_and_times_every_step():
+def test_round_robin_rotates_the_order_and_times_every_step(monkeypatch):
+    import petseg.evaluate.cost as cost
+
     calls = []
     steps = {name: (lambda n=name: calls.append(n)) for name in ("a", "b", "c")}
+    monkeypatch.setattr(cost, "_repeats", lambda steps, device: 2)
     ms = _round_robin(steps, rounds=3, device=torch.device("cpu"))
     assert ms.shape == (3, 3) and (ms >= 0).all()
     assert calls[:3] == ["a", "b", "c"]  # warm-up
-    assert calls[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    timed = calls[3::2]
+    assert calls[3:] == [c for c in timed for _ in range(2)]  # two calls per timing
+    assert timed == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+
+
+def test_repeats_make_the_fastest_networks_timing_span_min_ms(monkeypatch):
+    import petseg.evaluate.cost as cost
+
+    clock = itertools.count(0.0, 2**-7)  # every call of the clock: 7.8125 ms later (exact)
+    monkeypatch.setattr(cost.time, "perf_counter", lambda: next(clock))
+    steps = {"a": lambda: None, "b": lambda: None}
+    assert cost._repeats(steps, torch.device("cpu")) == 3  # 20 ms / 7.8125 ms, rounded up
 
 
 def test_ratios_are_per_round_against_the_fastest_with_quartiles():

@@ -18,6 +18,10 @@ import pytest
 import yaml
 from browser import check_page, vega_js
 
+from petseg.config import ARCH_SECTIONS
+
+ARCHITECTURES = tuple(ARCH_SECTIONS)
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = (
     "download",
@@ -25,6 +29,7 @@ STAGES = (
     "train_strided",
     "train_unpool",
     "train_unet",
+    "train_unet_noskip",
     "evaluate",
     "report",
 )
@@ -75,14 +80,16 @@ def test_repro_runs_every_stage_then_nothing(project, first_repro, tiny_params):
     n_test = tiny_params["data.synthetic.n_test"]
     for stage in STAGES:
         assert f"Running stage '{stage}'" in first_repro.stdout
-    for arch in ("strided", "unpool", "unet"):
+    for arch in ARCHITECTURES:
         assert (project / f"models/{arch}.pt").exists()
         test = json.loads((project / f"metrics/test/{arch}.json").read_text())
         assert 0 <= test["miou"] <= 1 and test["n_test"] == n_test
     summary = json.loads((project / "metrics/summary.json").read_text())
     intervals = summary["intervals"]  # evaluate.bootstrap is on by default
     assert intervals["over"] == f"{n_test} test images"
-    assert set(intervals["diff"]) == {"strided-unpool", "strided-unet", "unpool-unet"}
+    pairs = {f"{a}-{b}" for i, a in enumerate(ARCHITECTURES) for b in ARCHITECTURES[i + 1 :]}
+    assert set(intervals["diff"]) == pairs  # every pair, in architecture order
+    assert summary["cost"]["reference"].keys() == {"train_step", "inference_batch"}
     for arch, row in summary["architectures"].items():
         low, high = intervals["miou"][arch]["low"], intervals["miou"][arch]["high"]
         assert low <= row["miou"] <= high

@@ -12,6 +12,7 @@ quartiles of those per-round ratios are the spread the report uses to call a dif
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Mapping
 
@@ -65,28 +66,48 @@ def _inference_batch(
     return step
 
 
+MIN_MS = 20.0  # each timing spans at least this long: one tiny step is scheduler noise
+
+
+def _repeats(steps: Mapping[str, Callable[[], None]], device: torch.device) -> int:
+    """How many calls make one timing: enough that the fastest network's takes MIN_MS (every
+    network gets the same count, so their times stay comparable)."""
+    fastest = float("inf")
+    for step in steps.values():
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        fastest = min(fastest, 1000 * (time.perf_counter() - t0))
+    return max(1, math.ceil(MIN_MS / max(fastest, 1e-3)))
+
+
 def _round_robin(steps: Mapping[str, Callable[[], None]], rounds: int, device) -> np.ndarray:
-    """(rounds, networks) milliseconds; each round runs every step once, starting one further."""
+    """(rounds, networks) milliseconds per call; each round times every step once, starting one
+    further along, after a warm-up call of each (kernel selection, allocation)."""
     names = list(steps)
-    for name in names:  # warm-up: kernel selection and allocation stay out of the timing
+    for name in names:
         steps[name]()
     _sync(device)
+    repeats = _repeats(steps, device)
     ms = np.zeros((rounds, len(names)))
     for r in range(rounds):
         for k in range(len(names)):
             i = (r + k) % len(names)
             t0 = time.perf_counter()
-            steps[names[i]]()
+            for _ in range(repeats):
+                steps[names[i]]()
             _sync(device)
-            ms[r, i] = 1000 * (time.perf_counter() - t0)
+            ms[r, i] = 1000 * (time.perf_counter() - t0) / repeats
     return ms
 
 
 def _timings(ms: np.ndarray, names: list[str]) -> tuple[str, dict[str, Timing]]:
-    median = np.median(ms, axis=0)
-    ref = int(np.argmin(median))
+    """The reference is the network fastest relative to the others round by round (the lowest
+    median of its time over the round's fastest time); every ratio is to it, per round."""
+    ref = int(np.argmin(np.median(ms / ms.min(axis=1, keepdims=True), axis=0)))
     ratios = ms / ms[:, [ref]]
     q1, q2, q3 = np.percentile(ratios, [25, 50, 75], axis=0)
+    median = np.median(ms, axis=0)
     return names[ref], {
         n: Timing(ms=float(median[i]), ratio=float(q2[i]), ratio_low=float(q1[i]),
                   ratio_high=float(q3[i]))
