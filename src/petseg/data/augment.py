@@ -273,8 +273,8 @@ def make_batch(
     ``generator`` is None, but in fewer passes over the batch, which matters on a CPU where
     feeding competes with training for the same cores:
 
-    - the geometric warp runs on a contiguous NCHW copy (grid_sample is ~1.4x slower on
-      channels_last input) of the 0..255 values (the 1/255 is folded into the next step);
+    - the geometric warp runs on a contiguous NCHW copy (grid_sample is slower on channels_last
+      input) of the 0..255 values (the 1/255 is folded into the next step);
     - colour jitter, the clamp to [0, 1] and :func:`normalize` are one per-sample affine map
       (one batched matmul) and one clamp per channel (normalising is affine, so the clamp's
       bounds move through it);
@@ -284,6 +284,21 @@ def make_batch(
 
     Returns float32 images (channels_last if asked) and int64 masks.
     """
+    _check_batch(images_u8, masks)
+    augment = params is not None and params.enabled and generator is not None
+    if augment and generator.device.type != "cpu":
+        raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
+    masks = masks.long()
+    draws = _draw(len(images_u8), params, generator) if augment else None
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if not (augment and (params.scale > 0 or params.rotate > 0 or params.color > 0)):
+        return _flip_and_normalize(
+            images_u8, masks, draws if augment and params.hflip else None, fmt
+        )
+    return _warp_colour_normalize(images_u8, masks, params, draws, fmt)
+
+
+def _check_batch(images_u8: torch.Tensor, masks: torch.Tensor) -> None:
     if images_u8.dtype != torch.uint8 or images_u8.ndim != 4 or images_u8.shape[-1] != 3:
         raise ValueError(
             f"expected uint8 images of shape (N, H, W, 3), got {images_u8.dtype} "
@@ -291,26 +306,39 @@ def make_batch(
         )
     n, h, w, _ = images_u8.shape
     _check_masks(masks, n, h, w)
-    augment = params is not None and params.enabled and generator is not None
-    masks = masks.long()
-    if augment and generator.device.type != "cpu":
-        raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
-    draws = _draw(n, params, generator) if augment else None
-    warp = augment and (params.scale > 0 or params.rotate > 0)
-    color = augment and params.color > 0
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    scale = [1.0 / (255.0 * s) for s in STD]  # per channel: normalize(x / 255) = x * a + b
+
+
+def _affine_normalize() -> tuple[list[float], list[float]]:
+    """Per channel a, b with normalize(x / 255) = a x + b."""
+    scale = [1.0 / (255.0 * s) for s in STD]
     bias = [-m / s for m, s in zip(MEAN, STD, strict=True)]
+    return scale, bias
 
-    if not (warp or color):  # at most a flip: elementwise on the NHWC bytes, no matmul
-        x = images_u8.float()
-        if augment and params.hflip:
-            flip = draws["flip"].to(x.device)
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(2), x)
-            masks = torch.where(flip.view(-1, 1, 1), masks.flip(-1), masks)
-        x = x.mul_(x.new_tensor(scale)).add_(x.new_tensor(bias)).permute(0, 3, 1, 2)
-        return x.contiguous(memory_format=fmt), masks
 
+def _flip_and_normalize(
+    images_u8: torch.Tensor, masks: torch.Tensor, draws: dict | None, fmt: torch.memory_format
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """At most a flip (``draws`` given): elementwise on the NHWC bytes, no matmul."""
+    scale, bias = _affine_normalize()
+    x = images_u8.float()
+    if draws is not None:
+        flip = draws["flip"].to(x.device)
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(2), x)
+        masks = torch.where(flip.view(-1, 1, 1), masks.flip(-1), masks)
+    x = x.mul_(x.new_tensor(scale)).add_(x.new_tensor(bias)).permute(0, 3, 1, 2)
+    return x.contiguous(memory_format=fmt), masks
+
+
+def _warp_colour_normalize(
+    images_u8: torch.Tensor,
+    masks: torch.Tensor,
+    params: AugmentParams,
+    draws: dict,
+    fmt: torch.memory_format,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp (or flip) on an NCHW copy, then colour, clamp and normalise as one affine map."""
+    n, h, w, _ = images_u8.shape
+    warp, color = params.scale > 0 or params.rotate > 0, params.color > 0
     x = images_u8.permute(0, 3, 1, 2).contiguous().float()  # NCHW: grid_sample's fast layout
     if warp:
         theta = _affine_theta(draws, h, w)
@@ -319,8 +347,8 @@ def make_batch(
         flip = draws["flip"].to(x.device)
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         masks = torch.where(flip.view(-1, 1, 1), masks.flip(-1), masks)
-    a = x.new_tensor(scale)
-    b = x.new_tensor(bias)
+    scale, bias = _affine_normalize()
+    a, b = x.new_tensor(scale), x.new_tensor(bias)
     if color:
         matrix, offset = _color_affine(
             x, draws["brightness"], draws["contrast"], draws["saturation"]
