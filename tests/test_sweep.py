@@ -88,7 +88,7 @@ def _row(miou: float) -> ArchSummary:
         miou=miou, pixel_accuracy=0.9, mean_dice=0.8, binary_pet_iou=0.7,
         iou=dict.fromkeys(CLASSES, miou), train_seconds=10.0, inference_images_per_s=50.0,
         params=1000, gflops_per_image=0.1, boundary_iou=miou / 2, best_epoch=2, epochs=3,
-        confusion=[[5, 1, 0], [1, 5, 1], [0, 1, 5]],
+        predicted={"pet": 0.3, "background": 0.6, "border": 0.1},
     )  # fmt: skip
 
 

@@ -223,12 +223,18 @@ class ArchSummary(Record):
     gflops_per_image: float
     best_epoch: int
     epochs: int
-    confusion: list[list[int]]  # where the errors are: the discussion reads it
+    # Share of the test pixels predicted as each class: a collapsed network shows here. Numbers,
+    # not the confusion matrix: dvc exp show passes only scalars (lists are dropped).
+    predicted: PerClass
     cost: StepCost | None = None
 
     @classmethod
     def of(cls, test: TestMetrics) -> ArchSummary:
-        return cls.model_validate({k: getattr(test, k) for k in cls.model_fields})
+        per_class = [sum(col) for col in zip(*test.confusion, strict=True)]
+        total = sum(per_class) or 1
+        shares = {c: n / total for c, n in zip(CLASSES, per_class, strict=True)}
+        fields = {k: getattr(test, k) for k in cls.model_fields if k != "predicted"}
+        return cls.model_validate({**fields, "predicted": shares})
 
 
 class Interval(Record):

@@ -126,18 +126,11 @@ COLLAPSED = 0.98  # a network that puts this share of the test pixels in one cla
 UNLEARNED = 0.05  # a class whose best IoU is below this is one no network has learned
 
 
-def _predicted_shares(row: ArchSummary) -> dict[str, float]:
-    """Share of the test pixels each class was predicted as (columns of the confusion)."""
-    per_class = [sum(col) for col in zip(*row.confusion, strict=True)]
-    total = sum(per_class) or 1
-    return {c: n / total for c, n in zip(CLASSES, per_class, strict=True)}
-
-
 def collapsed(archs: Rows) -> dict[str, tuple[str, float]]:
     """arch -> (the class it predicts almost everywhere, its share) for collapsed networks."""
     out = {}
     for a, row in archs.items():
-        shares = _predicted_shares(row)
+        shares = row.predicted
         top = max(shares, key=shares.get)
         if shares[top] >= COLLAPSED:
             out[a] = (top, shares[top])
