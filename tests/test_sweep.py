@@ -330,7 +330,8 @@ def _dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProce
 def swept(tmp_path_factory, tiny_preset):
     """A copy of the working tree in a fresh git+DVC repo, `dvc repro` on the tiny params, then a
     hand-queued broken experiment and `python -m petseg.sweep run` over two variants x two seeds
-    with -j 2, then `dvc repro` for the report. Yields the project folder and the sweep output."""
+    with -j 2, `python -m petseg.sweep compare` over two seeds, then `dvc repro` for the report.
+    Yields the project folder and the sweep output."""
     dest = tmp_path_factory.mktemp("sweep") / "petseg"
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -351,6 +352,11 @@ def swept(tmp_path_factory, tiny_preset):
         out = _run(
             [sys.executable, "-m", "petseg.sweep", "run", "--variants", "baseline", "dropout",
              "--seeds", "0", "1", "-j", "2", "--poll", "2"],
+            dest,
+        )  # fmt: skip
+        _run(
+            [sys.executable, "-m", "petseg.sweep", "compare", "--seeds", "0", "1", "-j", "2",
+             "--poll", "2"],
             dest,
         )  # fmt: skip
         _dvc("repro", cwd=dest)
@@ -403,9 +409,9 @@ def test_parallel_sweep_lands_every_run_in_the_one_store(swept, no_tracking_env)
     )
     assert {r.data.tags["dvc.exp_name"] for r in across} >= set(SWEPT)
 
-    # The workspace's own `dvc repro`: one group for its three runs.
+    # The workspace's own `dvc repro`: one group for its runs, one per network.
     repro = [r for r in runs if "dvc.exp_name" not in r.data.tags]
-    assert len(repro) == 3 and len({r.data.tags["petseg.group"] for r in repro}) == 1
+    assert len(repro) == len(sweep.ARCHS) and len({r.data.tags["petseg.group"] for r in repro}) == 1
     assert repro[0].data.tags["petseg.group"].startswith("repro-")
 
     logs = "".join(_dvc("queue", "logs", name, cwd=project).stdout for name in SWEPT)
@@ -539,3 +545,18 @@ def test_collect_seeds_gives_each_network_and_each_pair_per_seed():
     assert (first[0]["low"], first[0]["high"]) == pytest.approx((0.02, 0.04))
     no_interval = [p for p in pairs if (p["a"], p["b"]) == ("unet", "unet_noskip")]
     assert all(np.isnan(p["low"]) for p in no_interval)
+
+
+@pytest.mark.slow
+def test_compare_over_two_seeds_fills_the_across_seeds_section(swept):
+    project, _ = swept
+    seeds = R.read_csv(project / "plots/seeds.csv", R.SEEDS_COLUMNS)
+    assert sorted(set(seeds["experiment"])) == ["cmp-s0", "cmp-s1"]
+    assert len(seeds) == 2 * len(sweep.ARCHS) and set(seeds["seed"]) == {0, 1}
+    diffs = R.read_csv(project / "plots/seed_diffs.csv", R.SEED_DIFFS_COLUMNS)
+    pair = diffs[(diffs["a"] == "unet") & (diffs["b"] == "unet_noskip")]
+    assert len(pair) == 2 * len(R.COMPARED) and (pair["low"] <= pair["high"]).all()
+    section = (project / "report/README.md").read_text().split("## Across seeds", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    assert "Across 2 training seeds (0, 1)" in section and " ± " in section
+    assert "Do skip connections matter? Across seeds" in section
