@@ -981,3 +981,13 @@ def test_report_has_an_across_seeds_section_when_make_compare_ran(tmp_path, stri
     section = markdown_section(md, "Across seeds")
     assert "| unet | 0.7400 ± 0.0141 |" in section and "Across 2 training seeds" in section
     assert "Across seeds" in (out / "index.html").read_text()
+
+
+def test_identical_networks_across_seeds_are_a_tie_not_a_disagreement():
+    from petseg.report.seeds import combine, seed_sentences
+
+    seeds, diffs = _seed_frames({0: 0.0, 1: 0.0}, half_width=0.0)
+    v = combine(diffs, "unet", "unet_noskip", "miou")
+    assert v.agree and not v.real and (v.low, v.high) == (0.0, 0.0)
+    text = " ".join(seed_sentences(seeds, diffs))
+    assert "make no difference these seeds can show" in text and "disagree" not in text

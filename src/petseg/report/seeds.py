@@ -38,7 +38,7 @@ class SeedVerdict:
     low: float
     high: float
     n: int
-    agree: bool  # every seed's difference has the sign of the mean
+    agree: bool  # every seed's difference has the same sign
 
     @property
     def real(self) -> bool:
@@ -63,7 +63,7 @@ def combine(diffs: pd.DataFrame, a: str, b: str, metric: str) -> SeedVerdict | N
     seed = np.var(d, ddof=1) / len(d) if len(d) > 1 else 0.0
     se = math.sqrt(seed + boot)
     mean = float(d.mean())
-    agree = bool(np.all(np.sign(d) == np.sign(mean))) if mean else False
+    agree = bool(np.all(np.sign(d) == np.sign(d[0])))  # all ties count as agreeing, not a win
     return SeedVerdict(mean, mean - Z * se, mean + Z * se, len(d), agree)
 
 
