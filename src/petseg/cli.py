@@ -66,7 +66,8 @@ def run(main: Callable[[], None]) -> None:
 def _fail(message: str, debug: bool) -> None:
     if debug:
         traceback.print_exc()
-    print(f"error: {message}", file=sys.stderr)
+    line = " ".join(message.split())  # one line, whatever a message embeds (a path, a reason)
+    print(f"error: {line}", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
 
 
