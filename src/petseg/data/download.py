@@ -192,16 +192,20 @@ def copy_layout(src: Path, dest: Path) -> int:
 
 
 def _take(path: Path, dest: Path) -> None:
-    try:
-        link_or_copy(path, dest)
-    except OSError as exc:
-        if exc.errno in DISK_FULL:
-            raise
-        why = "a folder" if path.is_dir() else exc.strerror or type(exc).__name__
-        raise DataError(
-            f"data.folder.path: cannot take {path} ({why}); replace it by a regular file or "
-            "remove it (and its line in the list files)"
-        ) from None
+    """Link or copy one file of the layout; anything but a readable regular file is an error."""
+    why = "a folder" if path.is_dir() else None if path.is_file() else "a broken link"
+    if why is None:
+        try:
+            link_or_copy(path, dest)
+            return
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise
+            why = exc.strerror or type(exc).__name__
+    raise DataError(
+        f"data.folder.path: cannot take {path} ({why}); replace it by a regular file or remove it "
+        "(and its line in the list files)"
+    )
 
 
 # ---------------------------------------------------------------------------------- archives

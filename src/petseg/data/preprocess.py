@@ -106,10 +106,11 @@ def _split_lists(raw_dir: Path, params: PreprocessParams) -> dict[str, list[str]
     listed = {"train": train, "val": val, "test": test}
     for split, names in listed.items():
         if not names:
+            list_file = ann / ("test.txt" if split == "test" else "trainval.txt")
             hint = (
                 "val needs a breed with >= 2 trainval images"
                 if split == "val" and trainval
-                else f"the list file in {ann} is empty"
+                else f"{list_file} lists no image"
             )
             raise DataError(f"split {split} would be empty: {hint}")
     return listed
