@@ -40,9 +40,20 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 def stop_on_signals() -> None:
-    """Turn the stop signals into :class:`Stopped`, raised in the main thread."""
+    """Turn the stop signals into :class:`Stopped`, raised in the main thread.
+
+    Not in forked workers (preprocess, the synthetic generator's pool): the stage's process ends
+    them, and a Stopped raised in each would only print their tracebacks.
+    """
     for sig in STOP_SIGNALS:
         signal.signal(sig, _stop)
+    os.register_at_fork(after_in_child=_worker_signals)
+
+
+def _worker_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def run(main: Callable[[], None]) -> None:
