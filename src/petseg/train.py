@@ -113,6 +113,8 @@ def train(
         restored = checkpoint.restore(state, rt)
         tracker = start_tracking(loop, arch_params, tracking_params, state, data_source, restored)
         try:
+            if not restored.resumed:  # so that a kill before the first epoch resumes this run
+                checkpoint.save(state, rt)
             for epoch in range(state.epoch + 1, p.epochs + 1):
                 row = run_epoch(loop, state, epoch)
                 record_epoch(loop, row, tracker)
