@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
 from dataclasses import dataclass
@@ -39,6 +40,27 @@ def tiny_prepared(tiny_raw: Path) -> Path:
     size = BASE["preprocess.image_size"]
     preprocess(tiny_raw, out, PreprocessParams(image_size=size, workers=1), progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def heavy_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """150 pairs that take preprocess seconds, not milliseconds: one 800 px photo stored as PNG
+    (no reduced-size JPEG decoding) under every name, hard links all (read-only: link it)."""
+    raw = tmp_path_factory.mktemp("heavy") / "raw"
+    (raw / "images").mkdir(parents=True)
+    (raw / "annotations" / "trimaps").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    photo, trimap = raw / "photo.png", raw / "trimap.png"
+    Image.fromarray(rng.integers(0, 255, (800, 800, 3), dtype=np.uint8)).save(photo)
+    Image.fromarray(rng.integers(1, 4, (800, 800), dtype=np.uint8)).save(trimap)
+    names = [f"heavy_{i}" for i in range(150)]
+    for name in names:
+        os.link(photo, raw / "images" / f"{name}.jpg")
+        os.link(trimap, raw / "annotations" / "trimaps" / f"{name}.png")
+    lines = [f"{name} 1 1 1\n" for name in names]
+    for list_name, part in (("trainval", lines[:120]), ("test", lines[120:]), ("list", lines)):
+        (raw / "annotations" / f"{list_name}.txt").write_text("".join(part))
+    return raw
 
 
 @pytest.fixture

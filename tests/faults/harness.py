@@ -204,9 +204,11 @@ def kill_at_random_point(
     ready: Callable[[], bool],
     seed: str,
     within_s: float,
+    orphans_within_s: float = 10.0,
 ) -> Done:
     """Start ``stage``, wait until ``ready()``, then send ``sig`` after a random delay (seeded by
-    ``seed``, so a failure can be replayed) of at most ``within_s``."""
+    ``seed``, so a failure can be replayed) of at most ``within_s``; its processes must all be
+    gone ``orphans_within_s`` after it ended."""
     proc = project.start(stage)
     deadline = time.monotonic() + 120
     while not ready():
@@ -217,5 +219,14 @@ def kill_at_random_point(
     if proc.poll() is None:
         proc.send_signal(sig)
     done = project.finish(proc, stage)
-    assert_no_orphans(done.pgid)
+    assert_no_orphans(done.pgid, orphans_within_s)
     return done
+
+
+def runs(project: Project, experiment: str = "petseg") -> list:
+    """The MLflow runs of the project's store (the test reads it; src goes through tracking)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project.root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id])
