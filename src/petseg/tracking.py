@@ -37,6 +37,7 @@ import datetime
 import itertools
 import logging
 import os
+import re
 import sqlite3
 import subprocess
 import time
@@ -142,13 +143,16 @@ def _reason(exc: BaseException) -> str:
     text = str(exc.message if isinstance(exc, MlflowException) else exc)
     lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line and not line.startswith(("(raised", "[", "(Back"))]
-    return (lines[0] if lines else type(exc).__name__)[:200]
+    first = re.sub(r"^\([\w.]+\) ", "", lines[0]) if lines else type(exc).__name__
+    return first[:200]
 
 
 def store_error(uri: str, exc: BaseException, wait_s: float) -> TrackingError:
     """One line naming the store, what is wrong with it and the ways out."""
     store, reason = _store_name(uri), _reason(exc)
     off = "or set tracking.enabled: false to train without MLflow"
+    if "disk is full" in reason:
+        return TrackingError(f"MLflow store {store}: {reason}: free space on its disk, {off}")
     if isinstance(exc, MlflowException) and _transient(exc):
         return TrackingError(
             f"MLflow store {store} stayed busy (locked) for more than tracking.wait_s = "
