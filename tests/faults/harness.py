@@ -90,6 +90,7 @@ class Project:
     """A project folder: params.yaml and what the stages write, as in the repository."""
 
     root: Path
+    env: dict[str, str] | None = None  # the stages' environment; None: stage_env()
 
     def params(self, overrides: Mapping[str, Any] | None = None, text: str | None = None) -> None:
         """params.yaml: BASE plus ``overrides`` (dotted keys), or exactly ``text``."""
@@ -105,7 +106,7 @@ class Project:
         return subprocess.Popen(
             command(stage),
             cwd=self.root,
-            env=dict(env or stage_env()),
+            env=dict(env or self.env or stage_env()),
             stdout=(log.with_suffix(".out")).open("w"),
             stderr=log.open("w"),
             start_new_session=True,
