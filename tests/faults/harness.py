@@ -99,12 +99,16 @@ class Project:
         (self.root / "params.yaml").write_text(text)
 
     def start(
-        self, stage: str, env: Mapping[str, str] | None = None, preexec_fn: Callable | None = None
+        self,
+        stage: str,
+        env: Mapping[str, str] | None = None,
+        preexec_fn: Callable | None = None,
+        args: tuple[str, ...] = (),
     ) -> subprocess.Popen:
         """The stage running in its own process group (its workers too); output to files."""
         log = self.root / f".{stage}.log"
         return subprocess.Popen(
-            command(stage),
+            [*command(stage), *args],
             cwd=self.root,
             env=dict(env or self.env or stage_env()),
             stdout=(log.with_suffix(".out")).open("w"),

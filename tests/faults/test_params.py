@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from faults.harness import Project, assert_no_partial, assert_recovers, assert_user_error
+from faults.harness import (
+    Project,
+    assert_no_partial,
+    assert_recovers,
+    assert_user_error,
+    stage_env,
+)
 
 STAGES = ("download", "preprocess", "train_unet", "evaluate")
 
@@ -63,3 +69,15 @@ def test_missing_params_file_names_it(project: Project) -> None:
     (project.root / "params.yaml").unlink()
     assert_user_error(project.run("preprocess"), "params.yaml: params file not found")
     assert_no_partial(project, *STAGES)
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_debug_keeps_the_traceback(project: Project, how: str) -> None:
+    project.params({"train.epochs": 0})
+    if how == "flag":
+        done = project.run("download", args=("--debug",))
+    else:
+        done = project.run("download", env=stage_env(PETSEG_DEBUG="1"))
+    assert done.rc == 2
+    assert "Traceback (most recent call last)" in done.stderr and "ParamsError" in done.stderr
+    assert done.errors == [done.errors[0]] and "train.epochs = 0" in done.errors[0]
