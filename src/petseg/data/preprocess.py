@@ -247,16 +247,22 @@ def _run_parallel(
         results = _own_share_then_collect(task, chunks, procs, finished, bar)
         failed = False
     finally:
-        for proc, recv in procs:
-            recv.close()
-            if failed:  # the others would go on decoding for nobody
-                proc.kill()
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        _end_workers(procs, failed)
     bar.update(len(rows) - bar.n)
     return sorted(results, key=_row_of)
+
+
+def _end_workers(procs: list[tuple[mp.process.BaseProcess, Connection]], failed: bool) -> None:
+    """Join the workers; after a failure (or a stop) kill them first: they would go on decoding
+    for nobody."""
+    for proc, recv in procs:
+        recv.close()
+        if failed:
+            proc.kill()
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def _own_share_then_collect(
