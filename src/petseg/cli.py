@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from petseg.errors import PetsegError, Stopped
 from petseg.fileio import disk_full_cause, disk_full_error
@@ -39,28 +41,45 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise Stopped(signum, signal.Signals(signum).name)
 
 
-def stop_on_signals() -> None:
-    """Turn the stop signals into :class:`Stopped`, raised in the main thread.
+def stop_on_signals() -> dict[int, Any]:
+    """Turn the stop signals into :class:`Stopped`, raised in the main thread; returns the
+    handlers they replace.
 
     Not in forked workers (preprocess, the synthetic generator's pool): the stage's process ends
     them, and a Stopped raised in each would only print their tracebacks.
     """
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _stop)
+    previous = {sig: signal.signal(sig, _stop) for sig in STOP_SIGNALS}
+    _fork_hook()
+    return previous
+
+
+@functools.cache  # once per process: a hook cannot be unregistered
+def _fork_hook() -> None:
     os.register_at_fork(after_in_child=_worker_signals)
 
 
 def _worker_signals() -> None:
+    if signal.getsignal(signal.SIGTERM) is not _stop:  # forked outside a stage's run
+        return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
 
 
 def run(main: Callable[[], None]) -> None:
-    """Call a stage's ``main`` and end the process as the module docstring says."""
+    """Call a stage's ``main`` and end the process as the module docstring says (called in
+    process, as tests do, it leaves the signal handlers as it found them)."""
     debug = debug_requested()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    stop_on_signals()
+    previous = stop_on_signals()
+    try:
+        _run(main, debug)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(main: Callable[[], None], debug: bool) -> None:
     try:
         main()
     except PetsegError as exc:

@@ -53,9 +53,10 @@ def after_kill(project: Project, stage: str, done, sig: signal.Signals) -> bool:
         assert done.rc == -SIGKILL  # its temporaries wait for the next run
     else:
         assert_stopped_by(done, sig)
-        assert [line for line in done.stderr.splitlines() if "stopped by" in line] == [
-            f"stopped by {sig.name}: nothing half-written was kept; run again to continue"
-        ]
+        stops = [line for line in done.stderr.splitlines() if "stopped by" in line]
+        expected = f"stopped by {sig.name}: nothing half-written was kept; run again to continue"
+        # Once the stage's work is done the signal may end the process before anything is said.
+        assert stops == [expected] or (finished and stops == [])
         assert project.temporaries() == []
     return finished
 
