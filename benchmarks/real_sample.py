@@ -24,10 +24,11 @@ measured seconds per epoch and per run are in benchmarks/RESULTS.md. ``--width 1
 make a cheaper (but different) comparison.
 
 Resumable: every run has its own folder under ``--workdir``, ``<recipe>-<arch>-s<seed>-<fp>``,
-where ``fp`` is train()'s resume fingerprint (train and model params, prepared data). A finished
-run is reused (its result.json), an interrupted one continues from train()'s per-epoch checkpoint.
-Edit params.yaml and rerun: only the default recipe's runs are redone, the baseline's are reused,
-and going back to settings tried before costs nothing (a finished run keeps its model.pt; delete
+where ``fp`` is train()'s resume fingerprint (train and model params, prepared data, the training
+code and the torch version). A finished run is reused (its result.json), an interrupted one
+continues from train()'s per-epoch checkpoint. Edit params.yaml and rerun: only the default
+recipe's runs are redone, the baseline's are reused (an edit of the training code redoes both), and
+going back to settings tried before costs nothing (a finished run keeps its model.pt; delete
 the work folder to reclaim the space).
 
 Usage: python benchmarks/real_sample.py [--data DIR] [--params params.yaml] [--size 128]

@@ -19,9 +19,9 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path, required=True)
     args = parser.parse_args()
 
-    track = config.load_section(args.params, "tracking")
-    # Any failure from here on (an invalid param included) shows as a FAILED run in MLflow.
-    with tracking.failures_recorded(track.experiment, args.arch):
+    # Alone first: any failure from here on (an invalid param included) shows in MLflow.
+    track = config.load_section(args.params, "tracking", whole=False)
+    with tracking.failures_recorded(track, args.arch):
         models = config.load_section(args.params, "models")
         result = train(
             args.arch,

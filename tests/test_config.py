@@ -56,12 +56,17 @@ def test_bad_values_name_the_key(raw, expected):
     assert str(err.value).startswith("params.yaml: ")
 
 
-def test_load_section_reads_only_its_section(tmp_path):
+def test_load_section_returns_its_section_after_checking_the_whole_file(tmp_path):
     path = tmp_path / "params.yaml"
+    path.write_text("preprocess:\n  image_size: 24\nmodels:\n  unet:\n    depth: 2\n")
+    with pytest.raises(ParamsError, match=r"preprocess\.image_size = 24 is invalid.*depth = 4"):
+        config.load_section(path, "preprocess")  # strided and unpool keep depth 4
+    assert config.load_section(path, "models", whole=False).unet.depth == 2
     path.write_text("preprocess:\n  image_size: 32\ntrain:\n  epochs: 0\n")
-    assert config.load_section(path, "preprocess").image_size == 32
+    # The first stage to run fails, not the one that reads the bad key.
     with pytest.raises(ParamsError, match=r"train\.epochs = 0 is invalid"):
-        config.load_section(path, "train")
+        config.load_section(path, "preprocess")
+    assert config.load_section(path, "preprocess", whole=False).image_size == 32
 
 
 def test_file_errors(tmp_path):

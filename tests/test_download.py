@@ -1,8 +1,6 @@
-"""The download stage against a local HTTP server on 127.0.0.1 serving archives of the sample.
-
-The server supports Range requests, records every request, and can cut a connection mid-body (full
-Content-Length announced, part of the body sent, socket closed) or ignore Range like a naive server.
-"""
+"""The download stage against a local HTTP server on 127.0.0.1 serving archives of the sample
+(tests/http_server.py: Range requests, a record of every request, cut connections, a server that
+ignores Range)."""
 
 from __future__ import annotations
 
@@ -10,18 +8,15 @@ import filecmp
 import hashlib
 import io
 import os
-import re
-import socket
 import subprocess
 import sys
 import tarfile
-import threading
 import types
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from http_server import closed_port_url, serve
 
 from petseg.config import DataParams, validate
 from petseg.data import download as dl
@@ -61,93 +56,16 @@ def archives(pets_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Arc
     return Archives(folder, data, md5)
 
 
-@dataclass
-class Hit:
-    name: str
-    range: str | None
-    status: int
-    sent: int
-
-
-@dataclass
-class ServerState:
-    files: dict[str, bytes]
-    hits: list[Hit] = field(default_factory=list)
-    ignore_range: bool = False
-    # name -> for each next request of it, the body bytes sent before the connection is cut
-    cut_at: dict[str, list[int]] = field(default_factory=dict)
-
-    def served(self, name: str) -> list[Hit]:
-        return [hit for hit in self.hits if hit.name == name]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: ThreadingHTTPServer
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - keep test output clean
-        pass
-
-    def do_GET(self) -> None:
-        state: ServerState = self.server.state  # type: ignore[attr-defined]
-        name = self.path.rsplit("/", 1)[-1]
-        rng = self.headers.get("Range")
-        data = state.files.get(name)
-        if data is None:
-            state.hits.append(Hit(name, rng, 404, 0))
-            self.send_error(404)
-            return
-        start, status = 0, 200
-        if rng and not state.ignore_range:
-            start, status = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1)), 206
-            if start >= len(data):
-                state.hits.append(Hit(name, rng, 416, 0))
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-        body = data[start:]
-        cuts = state.cut_at.get(name)
-        cut = cuts.pop(0) if cuts else None
-        sent = body if cut is None else body[:cut]
-        # Recorded before sending: the client may finish before this thread runs again.
-        state.hits.append(Hit(name, rng, status, len(sent)))
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Accept-Ranges", "bytes")
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.end_headers()
-        self.wfile.write(sent)
-        self.wfile.flush()
-        if cut is not None:
-            self.connection.shutdown(socket.SHUT_RDWR)
-            self.close_connection = True
-
-
 @pytest.fixture
 def server(archives: Archives):
     """A fresh HTTP server on 127.0.0.1 (ephemeral port) serving the archives; stopped after."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    httpd.state = ServerState(files=dict(archives.data))  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    # No trailing slash on purpose: the URL join must tolerate it.
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/pets"  # type: ignore[attr-defined]
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    with serve(archives.data) as httpd:
+        yield httpd
 
 
 @pytest.fixture
 def closed_url() -> str:
-    """A URL on 127.0.0.1 where nothing listens: connection refused, like no network."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
+    return closed_port_url()
 
 
 @pytest.fixture(autouse=True)

@@ -254,7 +254,10 @@ def test_a_busy_store_is_retried_and_other_errors_are_not(monkeypatch):
 def test_failure_before_any_run_creates_a_failed_run_with_the_error(store, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "reg-x-s0")
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
-    with pytest.raises(ParamsError), tracking.failures_recorded("fail", "strided"):
+    with (
+        pytest.raises(ParamsError),
+        tracking.failures_recorded(config.TrackingParams(experiment="fail"), "strided"),
+    ):
         raise ParamsError("params.yaml: train.label_smoothing = 1.5 is invalid")
     run = _only_run(store, "fail")
     assert run.info.status == "FAILED" and run.info.run_name == "strided"
@@ -267,7 +270,10 @@ def test_failure_before_any_run_creates_a_failed_run_with_the_error(store, monke
 
 @pytest.mark.parametrize("ended", [False, True], ids=["active", "ended-by-train"])
 def test_failure_after_the_run_started_marks_that_run(store, ended):
-    with pytest.raises(RuntimeError), tracking.failures_recorded("fail2", "unet"):
+    with (
+        pytest.raises(RuntimeError),
+        tracking.failures_recorded(config.TrackingParams(experiment="fail2"), "unet"),
+    ):
         tracker = tracking.Tracker("fail2", "unet", store, system_metrics=False)
         if ended:
             tracker.end("FAILED")  # what train() does on its way out

@@ -2,14 +2,17 @@
 
 After each epoch rank 0 writes ``<checkpoint_dir>/last.pt``: the model, its weight average, the
 optimizer and scheduler, every random generator (each rank's augmentation stream included), the
-per-epoch history, the best epoch's weights, the MLflow run id and the seconds trained so far. It is
-keyed by a fingerprint of the stage's params and the prepared data, so a run killed mid-way
-continues from there and ends with the same numbers, in the same MLflow run, while a checkpoint
-made from other params or data is ignored.
+per-epoch history, the best epoch's weights, the MLflow run id and the seconds trained so far. It
+records what it was made from (:func:`provenance`: the stage's params, the prepared data, the
+source of every module the training runs and the torch version), so a run killed mid-way continues
+from there and ends with the same numbers, in the same MLflow run, while a checkpoint made from
+anything else is ignored with a warning that says what differs: resuming it would mix the weights
+of two versions.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import logging
@@ -21,6 +24,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+import petseg
 from petseg.config import ArchParams, TrainParams
 from petseg.fileio import atomic_file
 from petseg.runtime import Runtime
@@ -68,20 +72,113 @@ class TrainState:
             self.best = Best(row["val_miou"], self.epoch, weights)
 
 
+# ------------------------------------------------------------------------------- provenance
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _module_file(root: Path, name: str) -> Path | None:
+    """The file of petseg module ``name`` (a package: its ``__init__.py``), if there is one."""
+    base = root.joinpath(*name.split(".")[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imported(tree: ast.AST, name: str, is_package: bool) -> set[str]:
+    """The petseg modules ``tree`` (module ``name``) imports, lazily or not; ``if
+    TYPE_CHECKING:`` bodies never run and do not count."""
+    skip = {
+        id(child)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+        for stmt in node.body
+        for child in ast.walk(stmt)
+    }
+    here = name.split(".") if is_package else name.split(".")[:-1]
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(here[: len(here) - node.level + 1] if node.level else [])
+            module = ".".join(p for p in (base, node.module or "") if p)
+            found |= {module} | {f"{module}.{alias.name}" for alias in node.names}
+    return {m for m in found if m == "petseg" or m.startswith("petseg.")}
+
+
+def code_files(arch: str) -> list[Path]:
+    """The source files a training of ``arch`` runs: :mod:`petseg.train` and the stage plumbing
+    of :mod:`petseg.cli`, every petseg module they import at any depth (lazy imports included),
+    the packages around them, and the module of ``arch``, which the registry imports by name:
+    what dvc.yaml lists as the stage's code, but for the stage script itself."""
+    root = Path(petseg.__file__).parent
+    todo, files = ["petseg.cli", "petseg.train", f"petseg.models.{arch}"], {}
+    while todo:
+        name = todo.pop()
+        path = _module_file(root, name)
+        if path is None or name in files:
+            continue  # ``from petseg.x import name`` where name is not a module
+        files[name] = path
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+        todo += sorted(_imported(tree, name, path.name == "__init__.py"))
+    return sorted(files.values())
+
+
+def provenance(arch: str, train: TrainParams, model: ArchParams, prepared: Path) -> dict[str, Any]:
+    """What a checkpoint is made from: the stage's params, the prepared data, the code it runs
+    (a digest per file, named relative to the package's parent) and the torch version."""
+    top = Path(petseg.__file__).parent.parent
+    params = json.dumps([arch, train.model_dump(), model.model_dump()], sort_keys=True)
+    return {
+        "params": _digest(params.encode()),
+        "data": _digest((prepared / "manifest.json").read_bytes()),
+        "code": {p.relative_to(top).as_posix(): _digest(p.read_bytes()) for p in code_files(arch)},
+        "torch": str(torch.__version__),  # a str subclass that weights_only loading refuses
+    }
+
+
 def fingerprint(arch: str, train: TrainParams, model: ArchParams, prepared: Path) -> str:
-    """Identifies what a checkpoint was made from: params of this stage and the prepared data."""
-    h = hashlib.sha256()
-    h.update(json.dumps([arch, train.model_dump(), model.model_dump()], sort_keys=True).encode())
-    h.update((prepared / "manifest.json").read_bytes())
-    return h.hexdigest()[:16]
+    """One digest of :func:`provenance`: equal exactly when a checkpoint may be resumed."""
+    made = provenance(arch, train, model, prepared)
+    return _digest(json.dumps(made, sort_keys=True).encode())
+
+
+def differences(made: dict[str, Any] | None, now: dict[str, Any]) -> str | None:
+    """Why a checkpoint made from ``made`` must not be resumed now (None: it may be)."""
+    if made is None:
+        return "it records no provenance (an older petseg made it)"
+    why = [f"other {key}" for key in ("params", "data") if made.get(key) != now[key]]
+    old, new = made.get("code", {}), now["code"]
+    changed = sorted(f for f in old.keys() | new.keys() if old.get(f) != new.get(f))
+    if changed:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        why.append(f"other code ({', '.join(changed[:3])}{more} changed)")
+    if made.get("torch") != now["torch"]:
+        why.append(f"torch {made.get('torch')} (now {now['torch']})")
+    return ", ".join(why) or None
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What :meth:`Checkpoint.restore` found."""
+
+    resumed: bool = False
+    abandoned_run: str | None = None  # the MLflow run of a checkpoint that was ignored
+    reason: str = ""
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """``path`` holds the :class:`TrainState` of a run identified by ``fingerprint``."""
+    """``path`` holds the :class:`TrainState` of a run made from ``made`` (:func:`provenance`)."""
 
     path: Path
-    fingerprint: str
+    made: dict[str, Any]
 
     def save(self, state: TrainState, rt: Runtime) -> None:
         """Called by every rank (their augmentation streams are gathered); rank 0 writes."""
@@ -89,7 +186,7 @@ class Checkpoint:
         if not rt.main:
             return
         blob = {
-            "fingerprint": self.fingerprint,
+            "provenance": self.made,
             "epoch": state.epoch,
             "model": state.model.state_dict(),
             "ema": None if state.ema is None else state.ema.state_dict(),
@@ -110,11 +207,11 @@ class Checkpoint:
         with atomic_file(self.path) as fh:
             torch.save(blob, fh)
 
-    def restore(self, state: TrainState, rt: Runtime) -> bool:
-        """Load the checkpoint into ``state`` if there is one of this run; True if so."""
-        blob = self._load()
-        if blob is None:
-            return False
+    def restore(self, state: TrainState, rt: Runtime) -> Restored:
+        """Load the checkpoint into ``state`` if there is one of this run."""
+        blob = self._load(rt)
+        if not isinstance(blob, dict):
+            return blob
         state.model.load_state_dict(blob["model"])
         if state.ema is not None:
             state.ema.load_state_dict(blob["ema"])
@@ -128,20 +225,24 @@ class Checkpoint:
         state.train_seconds = blob["train_seconds"]
         if rt.main:
             log.info("resuming after epoch %d from %s", state.epoch, self.path)
-        return True
+        return Restored(resumed=True)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
 
-    def _load(self) -> dict[str, Any] | None:
+    def _load(self, rt: Runtime) -> dict[str, Any] | Restored:
         if not self.path.exists():
-            return None
+            return Restored()
         try:
             blob = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a torn or foreign file must not block training
-            log.warning("ignoring unreadable checkpoint %s (%s)", self.path, exc)
-            return None
-        if blob.get("fingerprint") != self.fingerprint:
-            log.info("ignoring checkpoint %s: made with other params or data", self.path)
-            return None
+            return self._ignore(rt, f"it is unreadable ({str(exc).splitlines()[0][:200]})")
+        why = differences(blob.get("provenance"), self.made)
+        if why is not None:
+            return self._ignore(rt, f"made from {why}", blob.get("run_id"))
         return blob
+
+    def _ignore(self, rt: Runtime, reason: str, run_id: str | None = None) -> Restored:
+        if rt.main:
+            log.warning("ignoring checkpoint %s: %s; training from the start", self.path, reason)
+        return Restored(abandoned_run=run_id, reason=reason)

@@ -170,7 +170,13 @@ class DataParams(_Section):
 
 # --------------------------------------------------------------------------------- preprocess
 class PreprocessParams(_Section):
-    image_size: int = Field(default=128, ge=16, le=2048, multiple_of=16)
+    image_size: int = Field(
+        default=128,
+        ge=8,
+        le=2048,
+        description="Side of the square arrays; divisible by 2**models.<arch>.depth for every "
+        "architecture (checked with the models section)",
+    )
     val_fraction: float = Field(default=0.15, gt=0, lt=1)
     seed: int = Field(default=0, ge=0)
     max_bad_fraction: float = Field(default=0.01, ge=0, le=1)
@@ -246,6 +252,9 @@ class TrainParams(_Section):
 
 
 class TrackingParams(_Section):
+    enabled: bool = Field(
+        default=True, description="false: train without MLflow (no store is opened or written)"
+    )
     experiment: str = Field(default="petseg", min_length=1, description="MLflow experiment name")
     log_model: bool = Field(
         default=True,
@@ -254,6 +263,12 @@ class TrackingParams(_Section):
     )
     system_metrics: bool = Field(
         default=True, description="MLflow system metrics (CPU, memory, GPU)"
+    )
+    wait_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Seconds to wait for a busy (locked) MLflow store before the stage stops",
     )
 
 
@@ -354,12 +369,42 @@ SECTIONS: dict[str, type[_Section]] = {
 
 
 class Params(_Section):
+    """The whole file: every section, and the rules between sections (:data:`CROSS_SECTION`)."""
+
     data: DataParams = DataParams()
     preprocess: PreprocessParams = PreprocessParams()
     models: ModelsParams = ModelsParams()
     train: TrainParams = TrainParams()
     tracking: TrackingParams = TrackingParams()
     evaluate: EvaluateParams = EvaluateParams()
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> Params:
+        for rule in CROSS_SECTION:
+            rule(self)
+        return self
+
+
+def _image_size_fits_every_depth(p: Params) -> None:
+    """Each architecture halves the side ``depth`` times and its decoder doubles it back."""
+    size = p.preprocess.image_size
+    depths = {arch: getattr(p.models, arch).depth for arch in ModelsParams.model_fields}
+    need = 2 ** max(depths.values())
+    if size % need:
+        deepest = ", ".join(f"models.{a}.depth = {d}" for a, d in depths.items() if 2**d == need)
+        near = sorted({max(need, size // need * need), (size // need + 1) * need})
+        raise _KeyError(
+            "image_size",
+            size,
+            f"a multiple of {need} for {deepest} (the side must be divisible by 2**depth of "
+            f"every architecture): e.g. {' or '.join(map(str, near))}, or a smaller depth",
+            prefix="preprocess",
+        )
+
+
+# Rules that relate keys of different sections: checked whenever params are loaded, by every
+# stage, so that the first stage to run fails rather than the one that uses the keys.
+CROSS_SECTION = (_image_size_fits_every_depth,)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -412,7 +457,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ParamsError(f"{path}: not valid YAML ({problem}{where})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -436,12 +484,15 @@ def load(path: str | Path = "params.yaml") -> Params:
     return validate(_read_yaml(path), str(path))
 
 
-def load_section(path: str | Path, name: str) -> Any:
-    """Load and validate only section ``name`` of ``path`` (what a stage declares in dvc.yaml)."""
+def load_section(path: str | Path, name: str, whole: bool = True) -> Any:
+    """Section ``name`` of ``path`` (what a stage declares in dvc.yaml), after validating the
+    whole file and the cross-section rules; with ``whole=False`` only that section is checked."""
     if name not in SECTIONS:
         raise ValueError(f"unknown section {name!r}; sections: {', '.join(SECTIONS)}")
     path = Path(path)
     raw = _read_yaml(path)
+    if whole:
+        return getattr(validate(raw, str(path)), name)
     model = SECTIONS[name]
     section = raw.get(name, {})
     if section is None:

@@ -20,7 +20,13 @@ hands every call to :mod:`petseg.serving`, which imports no mlflow and nothing o
 Tags on every run: ``petseg.arch``, ``petseg.group`` (what groups the runs of one pipeline
 execution: the DVC experiment name, or ``repro-<start>-<pid>`` of a plain ``dvc repro``),
 ``git.commit``, ``dvc.exp_name`` and ``dvc.baseline`` (set by DVC for experiments); a failed stage
-adds ``petseg.error``.
+adds ``petseg.error``, which a resumed run that finishes drops again.
+
+Run states: FINISHED, FAILED (an error), KILLED (Ctrl-C, SIGTERM; and a run whose checkpoint a
+later training ignored, which would otherwise stay RUNNING forever). A store that cannot be used
+(not an MLflow database, locked for longer than ``tracking.wait_s``) is a
+:class:`~petseg.errors.TrackingError` naming it and the ways out; ``tracking.enabled: false``
+trains without any store (:class:`Untracked`).
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime
+import itertools
 import logging
 import os
+import re
 import sqlite3
 import subprocess
 import time
@@ -44,20 +52,27 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import (
     RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
     TEMPORARILY_UNAVAILABLE,
     ErrorCode,
 )
 from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from petseg import serving
+from petseg.config import TrackingParams
+from petseg.errors import TrackingError
 
 log = logging.getLogger(__name__)
 
 STORE = "mlflow.db"
 ARTIFACTS = "mlartifacts"
-# Seconds between retries of a call the store reported as temporarily unavailable (locked).
-RETRY_DELAYS = (1, 2, 4, 8, 15, 30)
+# Seconds between retries of a call the store reported as temporarily unavailable (locked); the
+# last is repeated until tracking.wait_s has passed.
+RETRY_DELAYS = (1, 2, 4, 8, 15)
+WAIT_S = TrackingParams().wait_s
+ERROR_TAG = "petseg.error"
 # MLflow limits tag values; an error message is cut to this many characters.
 MAX_TAG = 5000
 
@@ -105,11 +120,66 @@ def _git_commit(root: Path) -> str | None:
 
 
 # ------------------------------------------------------------------------------ the store
-def use_wal(uri: str) -> None:
+class _Quiet(logging.Filter):
+    """MLflow's store logs a traceback for every failed database call, before raising it to us;
+    the stage reports the failure itself, in one line (TrackingError)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
+
+
+logging.getLogger("mlflow.store.db.utils").addFilter(_Quiet())
+
+
+def _store_name(uri: str) -> str:
+    """The sqlite file of a local store (what the user can move aside), else the URI."""
+    if uri.startswith("sqlite:"):
+        return make_url(uri).database or uri
+    return uri
+
+
+def _reason(exc: BaseException) -> str:
+    """The line of a store error that says what happened (SQLAlchemy adds several around it)."""
+    text = str(exc.message if isinstance(exc, MlflowException) else exc)
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith(("(raised", "[", "(Back"))]
+    first = re.sub(r"^\([\w.]+\) ", "", lines[0]) if lines else type(exc).__name__
+    return first[:200]
+
+
+def store_error(uri: str, exc: BaseException, wait_s: float) -> TrackingError:
+    """One line naming the store, what is wrong with it and the ways out."""
+    store, reason = _store_name(uri), _reason(exc)
+    off = "or set tracking.enabled: false to train without MLflow"
+    if "disk is full" in reason:
+        return TrackingError(f"MLflow store {store}: {reason}: free space on its disk, {off}")
+    if isinstance(exc, MlflowException) and _transient(exc):
+        return TrackingError(
+            f"MLflow store {store} stayed busy (locked) for more than tracking.wait_s = "
+            f"{wait_s:g} s ({reason}): another process is holding it (a stuck training, a "
+            f"script); stop that process, raise tracking.wait_s, {off}"
+        )
+    return TrackingError(
+        f"MLflow store {store} is not usable ({reason}): move the file aside to start a new "
+        f"store, point MLFLOW_TRACKING_URI at another one, {off}"
+    )
+
+
+@contextlib.contextmanager
+def store_errors(uri: str, wait_s: float) -> Iterator[None]:
+    """Turn what a broken or locked store raises into a :class:`TrackingError`."""
+    try:
+        yield
+    except (MlflowException, SQLAlchemyError, sqlite3.Error) as exc:
+        raise store_error(uri, exc, wait_s) from exc
+
+
+def use_wal(uri: str, wait_s: float = WAIT_S) -> None:
     """Switch a sqlite store to write-ahead logging (kept by the file; other stores: no-op).
 
     In WAL mode readers and the one writer do not block each other, so the UI, a run's system
-    metrics thread and parallel experiments can all use the file at once.
+    metrics thread and parallel experiments can all use the file at once. A file that is not a
+    database raises here, before MLflow tries to migrate it.
     """
     if not uri.startswith("sqlite:"):
         return
@@ -118,46 +188,55 @@ def use_wal(uri: str) -> None:
         return
     Path(database).parent.mkdir(parents=True, exist_ok=True)
     try:
-        with contextlib.closing(sqlite3.connect(database, timeout=60)) as con:
+        with contextlib.closing(sqlite3.connect(database, timeout=wait_s)) as con:
             if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 con.execute("PRAGMA journal_mode=WAL")
-    except sqlite3.Error as exc:  # still usable in its current mode, only with more waiting
+    except sqlite3.OperationalError as exc:  # busy: still usable in its mode, with more waiting
         log.warning("could not switch %s to WAL mode: %s", database, exc)
 
 
 def _transient(exc: MlflowException) -> bool:
-    return exc.error_code == ErrorCode.Name(TEMPORARILY_UNAVAILABLE)
+    # MLflow reports every sqlite OperationalError so; a full disk is not going to pass.
+    busy = exc.error_code == ErrorCode.Name(TEMPORARILY_UNAVAILABLE)
+    return busy and "disk is full" not in str(exc.message)
 
 
-def _retry(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``call(*args, **kwargs)``, retried while the store reports itself temporarily unavailable."""
-    for delay in RETRY_DELAYS:
+def _retry(call: Callable[..., T], *args: Any, wait_s: float = WAIT_S, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)``, retried for up to ``wait_s`` seconds while the store reports
+    itself temporarily unavailable; then that error is raised."""
+    deadline = time.monotonic() + wait_s
+    for attempt in itertools.count():
         try:
             return call(*args, **kwargs)
         except MlflowException as exc:
-            if not _transient(exc):
+            left = deadline - time.monotonic()
+            if not _transient(exc) or left <= 0:
                 raise
-            log.warning("MLflow store busy (%s); retrying in %d s", exc.message[:200], delay)
+            delay = min(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)], left)
+            log.warning("MLflow store busy (%s); retrying in %.0f s", _reason(exc), delay)
             time.sleep(delay)
-    return call(*args, **kwargs)
+    raise AssertionError("unreachable")
 
 
-def _connect(root: Path, experiment: str) -> str:
+def _connect(root: Path, experiment: str, wait_s: float = WAIT_S) -> str:
     """Point MLflow at the project's store; return the id of ``experiment`` (created if new)."""
     uri = tracking_uri(root)
-    use_wal(uri)
-    mlflow.set_tracking_uri(uri)
-    exp = _retry(mlflow.get_experiment_by_name, experiment)
-    if exp is not None:
-        return exp.experiment_id
-    # With a local store keep artifacts inside the project; a server decides for itself.
-    location = (root / ARTIFACTS).as_uri() if uri.startswith("sqlite:") else None
-    try:
-        return _retry(mlflow.create_experiment, experiment, artifact_location=location)
-    except MlflowException as exc:  # another process created it a moment ago
-        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-            raise
-        return _retry(mlflow.get_experiment_by_name, experiment).experiment_id
+    with store_errors(uri, wait_s):
+        use_wal(uri, wait_s)
+        mlflow.set_tracking_uri(uri)
+        exp = _retry(mlflow.get_experiment_by_name, experiment, wait_s=wait_s)
+        if exp is not None:
+            return exp.experiment_id
+        # With a local store keep artifacts inside the project; a server decides for itself.
+        location = (root / ARTIFACTS).as_uri() if uri.startswith("sqlite:") else None
+        try:
+            return _retry(
+                mlflow.create_experiment, experiment, artifact_location=location, wait_s=wait_s
+            )
+        except MlflowException as exc:  # another process created it a moment ago
+            if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+            return _retry(mlflow.get_experiment_by_name, experiment, wait_s=wait_s).experiment_id
 
 
 # ----------------------------------------------------------------------------------- tags
@@ -204,6 +283,11 @@ def _error_text(exc: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------ runs
+def status_of(exc: BaseException) -> str:
+    """The run status a training that raised ``exc`` ends with."""
+    return "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+
+
 class Tracker:
     """One MLflow run: start or resume, log params/metrics/model, end with a status."""
 
@@ -215,29 +299,56 @@ class Tracker:
         run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
         system_metrics: bool = True,
+        wait_s: float = WAIT_S,
     ) -> None:
-        exp_id = _connect(root, experiment)
+        self.uri, self.wait_s = tracking_uri(root), wait_s
+        exp_id = _connect(root, experiment, wait_s)
         all_tags = {**base_tags(run_name, root), **(tags or {})}
-        self.run = _retry(
-            mlflow.start_run,
-            run_id=run_id,
-            experiment_id=None if run_id else exp_id,
-            run_name=None if run_id else run_name,
-            tags=all_tags,
-            log_system_metrics=system_metrics,
-        )
-        self.run_id = self.run.info.run_id
+        with self.guarded():
+            if run_id is not None and not self._exists(run_id):
+                log.warning("run %s is not in %s: starting a new run", run_id, self.uri)
+                run_id = None
+            self.run = self._retry(
+                mlflow.start_run,
+                run_id=run_id,
+                experiment_id=None if run_id else exp_id,
+                run_name=None if run_id else run_name,
+                tags=all_tags,
+                log_system_metrics=system_metrics,
+            )
+            self.run_id = self.run.info.run_id
+            if ERROR_TAG in self.run.data.tags:  # the resumed run failed before: no longer true
+                self._retry(mlflow.MlflowClient().delete_tag, self.run_id, ERROR_TAG)
         started = _STARTED.get()
         if started is not None:
             started.append(self.run_id)
 
+    def guarded(self) -> contextlib.AbstractContextManager[None]:
+        """Store failures inside the block become one-line :class:`TrackingError` s."""
+        return store_errors(self.uri, self.wait_s)
+
+    def _exists(self, run_id: str) -> bool:
+        """Whether the store holds ``run_id`` (a checkpoint may come from another store)."""
+        try:
+            self._retry(mlflow.MlflowClient().get_run, run_id)
+        except MlflowException as exc:
+            if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                raise
+            return False
+        return True
+
+    def _retry(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return _retry(call, *args, wait_s=self.wait_s, **kwargs)
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         flat = {k: ("null" if v is None else v) for k, v in flatten(params).items()}
-        existing = _retry(mlflow.get_run, self.run_id).data.params
-        _retry(mlflow.log_params, {k: v for k, v in flat.items() if k not in existing})
+        with self.guarded():
+            existing = self._retry(mlflow.get_run, self.run_id).data.params
+            self._retry(mlflow.log_params, {k: v for k, v in flat.items() if k not in existing})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        _retry(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
+        with self.guarded():
+            self._retry(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
 
     def log_model(self, model_file: Path) -> None:
         """Log the servable model of ``model_file`` (``models/<arch>.pt``): a pyfunc
@@ -255,55 +366,120 @@ class Tracker:
         )
 
     def end(self, status: str = "FINISHED") -> None:
+        with self.guarded():
+            try:
+                mlflow.end_run(status=status)
+            except MlflowException as exc:
+                if not _transient(exc):
+                    raise
+                # end_run had already let go of the run: finish it in the store directly.
+                self._retry(mlflow.MlflowClient().set_terminated, self.run_id, status)
+
+
+class Untracked:
+    """The tracker of ``tracking.enabled: false``: no store is opened, every call does nothing."""
+
+    run_id: str | None = None
+
+    def guarded(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def log_model(self, model_file: Path) -> None:
+        pass
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass
+
+
+def start(
+    params: TrackingParams,
+    run_name: str,
+    run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Tracker | Untracked:
+    """The run of a training in the project's store (``run_id``: resume it), or none."""
+    if not params.enabled:
+        return Untracked()
+    return Tracker(
+        params.experiment,
+        run_name,
+        project_root(),
+        run_id=run_id,
+        tags=tags,
+        system_metrics=params.system_metrics,
+        wait_s=params.wait_s,
+    )
+
+
+def end_abandoned(params: TrackingParams, run_id: str, reason: str) -> None:
+    """End a run that a killed training left RUNNING and nothing will resume (its checkpoint
+    was ignored) as KILLED, with the reason in ``petseg.error``."""
+    if not params.enabled:
+        return
+    uri = tracking_uri(project_root())
+    with store_errors(uri, params.wait_s):
+        use_wal(uri, params.wait_s)
+        client = mlflow.MlflowClient(uri)
         try:
-            mlflow.end_run(status=status)
-        except MlflowException as exc:
-            if not _transient(exc):
-                raise
-            # end_run had already let go of the run: finish it in the store directly.
-            _retry(mlflow.MlflowClient().set_terminated, self.run_id, status)
+            run = _retry(client.get_run, run_id, wait_s=params.wait_s)
+        except MlflowException:  # deleted, or from another store
+            return
+        if run.info.status != "RUNNING":
+            return
+        _retry(client.set_tag, run_id, ERROR_TAG, f"abandoned: {reason}", wait_s=params.wait_s)
+        _retry(client.set_terminated, run_id, "KILLED", wait_s=params.wait_s)
+    log.info("ended the MLflow run %s of the ignored checkpoint as KILLED", run_id)
 
 
 @contextlib.contextmanager
-def failures_recorded(experiment: str, run_name: str) -> Iterator[None]:
-    """Around a training stage: an exception leaves a visible FAILED run in MLflow.
+def failures_recorded(params: TrackingParams, run_name: str) -> Iterator[None]:
+    """Around a training stage: an exception leaves a visible FAILED (or KILLED) run in MLflow.
 
-    The run started inside the block (:func:`petseg.train.train` ends it FAILED) gets the error in
-    the tag ``petseg.error``; when the stage failed before starting one (an invalid param, missing
-    data), a FAILED run with the usual tags and the error is created, so a failed DVC experiment
-    never shows up as a silent gap. Only the main process of a DDP job records (``RANK`` 0), and
-    a store that cannot be reached only adds a warning to the original error.
+    The run started inside the block (:func:`petseg.train.train` ends it) gets the error in the
+    tag ``petseg.error``; when the stage failed before starting one (an invalid param, missing
+    data), a run with the usual tags and the error is created, so a failed DVC experiment never
+    shows up as a silent gap. Only the main process of a DDP job records (``RANK`` 0); nothing is
+    recorded without tracking or when the store itself failed, and a store that cannot be reached
+    only adds a warning to the original error.
     """
     started: list[str] = []
     token = _STARTED.set(started)
     try:
         yield
     except BaseException as exc:
-        if int(os.environ.get("RANK", "0")) == 0:
+        main = int(os.environ.get("RANK", "0")) == 0
+        if main and params.enabled and not isinstance(exc, TrackingError):
             try:
-                _record_failure(experiment, run_name, exc, started[-1] if started else None)
+                _record_failure(params, run_name, exc, started[-1] if started else None)
             except Exception as record_exc:
-                log.warning("could not record the failure in MLflow: %s", record_exc)
+                log.warning("could not record the failure in MLflow: %s", _reason(record_exc))
         raise
     finally:
         _STARTED.reset(token)
 
 
-def _record_failure(experiment: str, run_name: str, exc: BaseException, run_id: str | None) -> None:
-    error = _error_text(exc)
-    status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+def _record_failure(
+    params: TrackingParams, run_name: str, exc: BaseException, run_id: str | None
+) -> None:
+    error, status, wait_s = _error_text(exc), status_of(exc), params.wait_s
     if run_id is not None:
-        _retry(mlflow.MlflowClient().set_tag, run_id, "petseg.error", error)
+        _retry(mlflow.MlflowClient().set_tag, run_id, ERROR_TAG, error, wait_s=wait_s)
         active = mlflow.active_run()
         if active is not None and active.info.run_id == run_id:  # failed before train()'s loop
             mlflow.end_run(status=status)
         return
     root = project_root()
-    exp_id = _connect(root, experiment)
+    exp_id = _connect(root, params.experiment, wait_s)
     client = mlflow.MlflowClient()
-    tags = {**base_tags(run_name, root), "petseg.error": error}
-    created = _retry(client.create_run, exp_id, tags=tags, run_name=run_name)
-    _retry(client.set_terminated, created.info.run_id, status)
+    tags = {**base_tags(run_name, root), ERROR_TAG: error}
+    created = _retry(client.create_run, exp_id, tags=tags, run_name=run_name, wait_s=wait_s)
+    _retry(client.set_terminated, created.info.run_id, status, wait_s=wait_s)
 
 
 # ---------------------------------------------------------------------------- the MLflow model

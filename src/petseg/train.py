@@ -1,9 +1,11 @@
-"""``train(...)``: one architecture, the shared recipe, each epoch in CSV + MLflow, resumable, DDP.
+"""``train(...)``: one architecture, the shared recipe, each epoch in MLflow, resumable, DDP.
 
 The recipe in named steps: :func:`load_data`, :func:`build_state` (model, weight average,
 optimizer, schedule, random generators), :meth:`Checkpoint.restore`, :func:`run_epoch` for each
 remaining epoch (train, validate, keep the best), :func:`record_epoch` and
-:meth:`Checkpoint.save` after each, and :func:`finish` (model file, metrics, MLflow model).
+:meth:`Checkpoint.save` after each, and :func:`finish` (model file, metrics, the per-epoch curve,
+MLflow model). The three output files are written together at the end and exist only after a
+training that succeeded; the checkpoint (not a DVC output) is what survives a kill.
 
 Under ``torchrun`` each process trains on its own shard of every epoch's shuffled order;
 gradients are averaged by DDP, validation confusion matrices and losses are summed across
@@ -25,12 +27,13 @@ import torch
 from torch import nn
 
 from petseg import CLASSES, NUM_CLASSES, results, tracking
-from petseg.checkpoint import Checkpoint, TrainState, fingerprint
+from petseg.checkpoint import Checkpoint, Restored, TrainState, provenance
 from petseg.config import ARCH_SECTIONS, ArchParams, ModelsParams, TrackingParams, TrainParams
 from petseg.data.prepared import load_split, read_manifest
 from petseg.device import Stopwatch, hardware_name, precision
 from petseg.engine import Feed, evaluate, on_device, train_one_epoch
 from petseg.errors import DataError, ParamsError
+from petseg.fileio import stage_outputs
 from petseg.losses import LossFn, make_loss
 from petseg.metrics import iou_per_class, mean_iou, pixel_accuracy
 from petseg.models import build_model, count_params, gflops_per_image, save_model
@@ -90,37 +93,37 @@ def train(
     """Train ``arch`` with the shared recipe; returns the final metrics (also written to files)."""
     p = train_params
     rt = setup_runtime(p)
-    torch.manual_seed(p.seed)
-    data = load_data(paths.prepared, rt)
-    steps = steps_per_epoch(data, p, rt, paths.prepared)
-    check_depth(arch, arch_params, data.image_size)
-    state = build_state(arch, p, arch_params, rt, steps)
-    loop = Loop(
-        arch, p, rt, data, steps, net=rt.wrap(state.model),
-        loss_fn=make_loss(p.class_weights, p.label_smoothing, p.dice_weight, rt.device),
-        train_feed=Feed(rt.device, p.channels_last, p.augment if p.augment.enabled else None),
-        eval_feed=Feed(rt.device, p.channels_last),
-        progress=progress and rt.main,
-    )  # fmt: skip
-    checkpoint = Checkpoint(
-        paths.checkpoint_dir / "last.pt", fingerprint(arch, p, arch_params, paths.prepared)
-    )
-    checkpoint.restore(state, rt)
-    tracker = None
-    if rt.main:
-        tracker = start_tracking(arch, p, arch_params, tracking_params, state, rt, data_source)
-    try:
-        for epoch in range(state.epoch + 1, p.epochs + 1):
-            row = run_epoch(loop, state, epoch)
-            if tracker is not None:
-                record_epoch(loop, state, row, tracker, paths.plot)
-            checkpoint.save(state, rt)
-            rt.barrier()
-    except BaseException:
-        if tracker is not None:
-            tracker.end("FAILED")
-        raise
-    result = finish(loop, state, arch_params, paths, tracker, tracking_params.log_model)
+    outputs = (paths.model, paths.metrics, paths.plot)
+    # Written together by finish(): after a failure or a kill none is left half-done.
+    with stage_outputs(*outputs) if rt.main else contextlib.nullcontext():
+        torch.manual_seed(p.seed)
+        data = load_data(paths.prepared, rt)
+        steps = steps_per_epoch(data, p, rt, paths.prepared)
+        check_depth(arch, arch_params, data.image_size)
+        state = build_state(arch, p, arch_params, rt, steps)
+        loop = Loop(
+            arch, p, rt, data, steps, net=rt.wrap(state.model),
+            loss_fn=make_loss(p.class_weights, p.label_smoothing, p.dice_weight, rt.device),
+            train_feed=Feed(rt.device, p.channels_last, p.augment if p.augment.enabled else None),
+            eval_feed=Feed(rt.device, p.channels_last),
+            progress=progress and rt.main,
+        )  # fmt: skip
+        made = provenance(arch, p, arch_params, paths.prepared)
+        checkpoint = Checkpoint(paths.checkpoint_dir / "last.pt", made)
+        restored = checkpoint.restore(state, rt)
+        tracker = start_tracking(loop, arch_params, tracking_params, state, data_source, restored)
+        try:
+            if not restored.resumed:  # so that a kill before the first epoch resumes this run
+                checkpoint.save(state, rt)
+            for epoch in range(state.epoch + 1, p.epochs + 1):
+                row = run_epoch(loop, state, epoch)
+                record_epoch(loop, row, tracker)
+                checkpoint.save(state, rt)
+                rt.barrier()
+            result = finish(loop, state, arch_params, paths, tracker, tracking_params.log_model)
+        except BaseException as exc:
+            tracker.end(tracking.status_of(exc))  # KILLED for Ctrl-C and SIGTERM
+            raise
     if rt.main:
         checkpoint.remove()
     rt.close()
@@ -177,27 +180,29 @@ def build_state(
 
 
 def start_tracking(
-    arch: str,
-    p: TrainParams,
+    loop: Loop,
     arch_params: ArchParams,
     tracking_params: TrackingParams,
     state: TrainState,
-    rt: Runtime,
     data_source: str,
-) -> tracking.Tracker:
-    """The MLflow run of this training: a new one, or the checkpoint's when resuming."""
-    tracker = tracking.Tracker(
-        tracking_params.experiment,
-        arch,
-        tracking.project_root(),
+    restored: Restored,
+) -> tracking.Tracker | tracking.Untracked:
+    """The MLflow run of this training on rank 0: a new one, or the checkpoint's when resuming;
+    the run of an ignored checkpoint, left RUNNING by a killed training, is ended first."""
+    if not loop.rt.main:
+        return tracking.Untracked()
+    if restored.abandoned_run:
+        why = f"a later training ignored its checkpoint: {restored.reason}"
+        tracking.end_abandoned(tracking_params, restored.abandoned_run, why)
+    tracker = tracking.start(
+        tracking_params,
+        loop.arch,
         run_id=state.run_id,
-        tags={"data.source": data_source, "petseg.world_size": str(rt.world)},
-        system_metrics=tracking_params.system_metrics,
+        tags={"data.source": data_source, "petseg.world_size": str(loop.rt.world)},
     )
-    tracker.log_params(
-        {"arch": arch, "train": p.model_dump(), "models": {arch: arch_params.model_dump()}}
-    )
-    state.run_id = tracker.run_id
+    params = {"train": loop.params.model_dump(), "models": {loop.arch: arch_params.model_dump()}}
+    tracker.log_params({"arch": loop.arch, **params})
+    state.run_id = tracker.run_id or state.run_id
     return tracker
 
 
@@ -254,11 +259,12 @@ def mlflow_key(column: str) -> str:
 
 
 def record_epoch(
-    loop: Loop, state: TrainState, row: dict[str, float], tracker: tracking.Tracker, plot: Path
+    loop: Loop, row: dict[str, float], tracker: tracking.Tracker | tracking.Untracked
 ) -> None:
-    """Rank 0: the curve so far to plots/train/<arch>.csv, the row to MLflow and the log."""
-    results.write_csv(plot, results.TRAIN_CURVE_COLUMNS, state.history)
+    """The row to MLflow and, on rank 0, to the log (the curve's file is written at the end)."""
     tracker.log_metrics({mlflow_key(k): v for k, v in row.items() if k != "epoch"}, row["epoch"])
+    if not loop.rt.main:
+        return
     log.info(
         "%s epoch %d/%d: train loss %.4f, val loss %.4f, val mIoU %.4f (%.1f s)",
         loop.arch, row["epoch"], loop.params.epochs, row["train_loss"], row["val_loss"],
@@ -272,24 +278,26 @@ def finish(
     state: TrainState,
     arch_params: ArchParams,
     paths: TrainPaths,
-    tracker: tracking.Tracker | None,
+    tracker: tracking.Tracker | tracking.Untracked,
     log_model: bool,
 ) -> results.TrainMetrics:
     """The training's metrics; rank 0 writes the best epoch's model file, the metrics JSON and
-    ends the MLflow run (with the model, if ``tracking.log_model``)."""
+    the curve, and ends the MLflow run (with the model, if ``tracking.log_model``)."""
     release_memory()  # what follows (FLOP count, logging the model) must not stack on the peak
     model, rt = state.model, loop.rt
     result = train_metrics(loop, state)
     if rt.distributed:  # DDP keeps replicas identical; record the evidence
         checksums = rt.gather(weights_checksum(model))
         result = result.model_copy(update={"weights_checksum_per_rank": checksums})
-    if tracker is None:
+    if not rt.main:
         return result
     save_model(paths.model, loop.arch, arch_params, loop.data.image_size, state.best.state)
     results.write(paths.metrics, result)
+    results.write_csv(paths.plot, results.TRAIN_CURVE_COLUMNS, state.history)
     tracker.log_metrics({"best/val_miou": result.best_val_miou}, step=state.best.epoch)
     if log_model:
-        tracker.log_model(paths.model)
+        with tracker.guarded():
+            tracker.log_model(paths.model)
     tracker.end("FINISHED")
     return result
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -68,6 +69,9 @@ _JPEG_FORMATS = ("JPEG", "MPO")
 _RELATIVE = "a relative path is relative to the working directory, the repository root under DVC"
 _EXIF_ORIENTATION = 0x0112
 _SHOWN = 5  # names listed in an error before "and N more"
+# The largest height or width: JPEG's limit, and the most for which pycocotools' 32-bit pixel
+# indices (height x width) cannot overflow.
+MAX_SIDE = 65535
 
 
 @dataclass(frozen=True)
@@ -282,8 +286,8 @@ def _read_json(src: _Input) -> dict[str, Any]:
         images[image_id] = {
             "id": image_id,
             "file_name": _str(image, "file_name", where),
-            "height": _int(image, "height", where, positive=True),
-            "width": _int(image, "width", where, positive=True),
+            "height": _side(image, "height", where),
+            "width": _side(image, "width", where),
             "annotations": [],
         }
 
@@ -309,6 +313,32 @@ def _int(entry: Any, key: str, where: str, positive: bool = False) -> int:
         kind = "a positive integer" if positive else "an integer"
         raise DataError(f"{where}: {key!r} must be {kind}, got {value!r}")
     return value
+
+
+def _side(image: Any, key: str, where: str) -> int:
+    """An image's height or width: pycocotools indexes a mask's pixels with 32-bit integers."""
+    value = _int(image, key, where, positive=True)
+    if value > MAX_SIDE:
+        raise DataError(
+            f"{where}: {key!r} = {value} is larger than any image can be here (at most "
+            f"{MAX_SIDE} pixels): correct the image's {key} in the JSON"
+        )
+    return value
+
+
+def _check_polygon(poly: list[float], image: dict[str, Any], where: str) -> None:
+    """Every coordinate finite and within one image size of the image (tools overshoot an edge
+    by a little; far beyond it is a broken export). pycocotools rasterises every point of the
+    outline: a NaN or a huge coordinate makes it allocate without bound or crash."""
+    for i, v in enumerate(poly):
+        side = image["width"] if i % 2 == 0 else image["height"]
+        if not (math.isfinite(v) and -side <= v <= 2 * side):
+            axis = "x" if i % 2 == 0 else "y"
+            what = "not a finite number" if not math.isfinite(v) else "far outside the image"
+            raise DataError(
+                f"{where}: polygon coordinate {axis} = {v!r} is {what} (image {image['width']}x"
+                f"{image['height']}; expected {-side} to {2 * side}): fix or remove the annotation"
+            )
 
 
 def _str(entry: Any, key: str, where: str) -> str:
@@ -338,10 +368,11 @@ def _segmentation_rle(seg: Any, image: dict[str, Any], where: str) -> dict[str, 
                     f"{where}: each polygon must be a flat list [x1, y1, x2, y2, ...] of an even "
                     f"number of numbers, got {str(poly)[:80]}"
                 )
+            _check_polygon(poly, image, where)
             if len(poly) >= 6:
                 polygons.append([float(v) for v in poly])
-        if not polygons:
-            return mask_utils.encode(np.zeros((h, w), np.uint8, order="F"))
+        if not polygons:  # an empty mask, as one run (no h x w array)
+            return mask_utils.frPyObjects({"size": [h, w], "counts": [h * w]}, h, w)
         return mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))
     if not (isinstance(seg, dict) and "counts" in seg and "size" in seg):
         raise DataError(

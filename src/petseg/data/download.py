@@ -34,14 +34,15 @@ import time
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import requests
 import urllib3
 from tqdm import tqdm
 
 from petseg.config import DataParams, OxfordParams
-from petseg.errors import DataError, DownloadError
-from petseg.fileio import atomic_dir, link_or_copy
+from petseg.errors import DataError, DiskFullError, DownloadError
+from petseg.fileio import DISK_FULL, atomic_dir, link_or_copy, sweep_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def download(params: DataParams, out_dir: Path, archives_dir: Path, progress: bo
     relative to the current working directory: DVC runs stages from the repository root.
     """
     out_dir, archives_dir = Path(out_dir), Path(archives_dir)
+    sweep_temporaries(out_dir)  # a killed run's half-written copy: its room is needed now
     if params.source == "synthetic":
         # Imported lazily: the other sources must not depend on the generator's imports.
         from petseg.data.synthetic import generate
@@ -184,9 +186,26 @@ def copy_layout(src: Path, dest: Path) -> int:
         (dest / rel).mkdir(parents=True, exist_ok=True)
         for path in files:
             if not _is_junk(path.name):
-                link_or_copy(path, dest / rel / path.name)
+                _take(path, dest / rel / path.name)
                 n += 1
     return n
+
+
+def _take(path: Path, dest: Path) -> None:
+    """Link or copy one file of the layout; anything but a readable regular file is an error."""
+    why = "a folder" if path.is_dir() else None if path.is_file() else "a broken link"
+    if why is None:
+        try:
+            link_or_copy(path, dest)
+            return
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise
+            why = exc.strerror or type(exc).__name__
+    raise DataError(
+        f"data.folder.path: cannot take {path} ({why}); replace it by a regular file or remove it "
+        "(and its line in the list files)"
+    )
 
 
 # ---------------------------------------------------------------------------------- archives
@@ -299,9 +318,12 @@ def fetch(
     - A dropped connection or a short body (fewer bytes than Content-Length) is retried from what
       is on disk after ``BACKOFF_S * n`` seconds; ``retries`` bounds the consecutive attempts that
       add no byte, so a slow but steady link still finishes. Then the next mirror takes over.
-    - A wrong MD5 deletes the file (resuming a bad file would never heal it) and raises naming the
-      file, both digests and ``md5_key``; nothing is extracted by the caller.
-    - When every mirror fails, one :class:`DownloadError` lists why, then ``advice``.
+    - A wrong MD5 deletes the file (resuming a bad file would never heal it): a mirror that
+      answers 200 with other bytes (a captive portal, an HTML error page, a stale copy) is a
+      failed mirror, and the next one is tried. A resumed file that fails is fetched once more
+      from its first byte, as the bytes kept from before may be the wrong ones.
+    - When every mirror fails, one :class:`DownloadError` lists why, then ``advice``; nothing is
+      extracted by the caller.
     """
     dest = Path(dest)
     if dest.is_file():
@@ -312,25 +334,61 @@ def fetch(
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    failures = []
+    failures, wrong = [], []
     for url in urls:
         try:
-            _fetch_from(url, part, timeout_s, retries, progress)
+            actual = _fetch_checked(url, part, md5, timeout_s, retries, progress)
         except _MirrorFailed as exc:
             failures.append(f"{url}: {exc}")
             continue
+        if actual is None:
+            os.replace(part, dest)
+            return dest
+        failures.append(f"{url}: served a file with MD5 {actual}")
+        wrong.append(url)
+    raise DownloadError(_failed_message(dest, part, md5, md5_key, failures, len(wrong), advice))
+
+
+def _fetch_checked(
+    url: str, part: Path, md5: str, timeout_s: float, retries: int, progress: bool
+) -> str | None:
+    """Complete ``part`` from ``url`` and check it: None if its MD5 is ``md5``, else that MD5
+    (the file is deleted)."""
+    resumed = _size(part) > 0
+    _fetch_from(url, part, timeout_s, retries, progress)
+    actual = md5sum(part)
+    if actual != md5 and resumed:
+        log.warning(
+            "%s: the resumed file has MD5 %s: fetching it again from the start", url, actual
+        )
+        part.unlink()
+        _fetch_from(url, part, timeout_s, retries, progress)
         actual = md5sum(part)
-        if actual != md5:
-            part.unlink()
-            raise DownloadError(
-                f"{dest.name} from {url} has MD5 {actual}, expected {md5_key} = {md5}; the bad "
-                f"file was deleted and nothing was extracted. Run again to download it afresh, "
-                f"or correct {md5_key} if the official archive has changed"
-            )
-        os.replace(part, dest)
-        return dest
+    if actual == md5:
+        return None
+    part.unlink()
+    return actual
+
+
+def _failed_message(
+    dest: Path,
+    part: Path,
+    md5: str,
+    md5_key: str,
+    failures: list[str],
+    n_wrong: int,
+    advice: str,
+) -> str:
+    """Why no mirror served ``dest`` (``n_wrong`` of them served other bytes), and what to do."""
+    if failures and n_wrong == len(failures):
+        return (
+            f"could not download {dest.name}: every mirror served a file whose MD5 is not "
+            f"{md5_key} = {md5} ({'; '.join(failures)}); nothing was kept or extracted. If the "
+            f"official archive has changed, correct {md5_key}; otherwise replace these mirrors in "
+            f"data.oxford.base_urls. {advice}".rstrip()
+        )
     kept = f" The partial download {part} is kept and will be resumed." if _size(part) else ""
-    raise DownloadError(
+    return (
         f"could not download {dest.name}: the mirrors could not be reached or did not serve it "
         f"({'; '.join(failures)}).{kept} {advice}".rstrip()
     )
@@ -352,6 +410,19 @@ def _fetch_from(url: str, part: Path, timeout_s: float, retries: int, progress: 
             delay = BACKOFF_S * failures
             log.warning("%s: %s; retry %d/%d in %.1f s", url, exc, failures, retries, delay)
             time.sleep(delay)
+
+
+def _write(fh: BinaryIO, chunk: bytes, part: Path) -> None:
+    try:
+        fh.write(chunk)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        raise DiskFullError(
+            f"{part}: {os.strerror(exc.errno)} after {_size(part)} bytes; the partial download is "
+            "kept and resumed by the next run: free space on its disk (or set "
+            "data.oxford.archives_dir to archives stored elsewhere) and run again"
+        ) from None
 
 
 def _get_once(url: str, part: Path, timeout_s: float, progress: bool) -> None:
@@ -398,7 +469,7 @@ def _get_once(url: str, part: Path, timeout_s: float, progress: bool) -> None:
                 # raw bytes, undecoded; read() without decoding never buffers what it read, so
                 # every byte received before a cut is on disk and the resume asks for the rest.
                 for chunk in resp.raw.stream(CHUNK, decode_content=False):
-                    fh.write(chunk)
+                    _write(fh, chunk, part)
                     bar.update(len(chunk))
     except TRANSIENT_ERRORS as exc:
         raise _Transient(_reason(exc)) from exc

@@ -96,10 +96,16 @@ def _short(path: Path) -> str:
 def read_list(path: Path) -> list[ListEntry]:
     """Parse a list file; ``#`` and blank lines are ignored, a malformed line is an error."""
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         msg = "expected the Oxford-IIIT Pet layout (run the download stage first)"
         raise DataError(f"{path} not found: {msg}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror
+        raise DataError(
+            f"{path}: cannot read the list file ({reason}); expected lines "
+            "'NAME CLASS-ID SPECIES BREED-ID' (rerun the download stage)"
+        ) from None
     entries = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip() or line.startswith("#"):

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from petseg.errors import DataError
+from petseg.fileio import preallocate
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
@@ -109,10 +110,18 @@ def create_split(root: str | Path, split: str, n: int, size: int) -> tuple[np.me
     memory maps (shared with forked processes: preprocess workers write their rows straight into
     the files, so nothing is copied or saved afterwards)."""
     img_path, mask_path = split_paths(root, split)
-    fmt = np.lib.format
-    images = fmt.open_memmap(img_path, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-    masks = fmt.open_memmap(mask_path, mode="w+", dtype=np.uint8, shape=(n, size, size))
-    return images, masks
+    return _writable(img_path, (n, size, size, 3)), _writable(mask_path, (n, size, size))
+
+
+def _writable(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A new uint8 ``.npy`` file of ``shape``, its blocks reserved, as a writable memory map.
+
+    The file is created sparse; a write into a page the disk has no room for would kill the
+    writer with SIGBUS, so the whole size is allocated first: a full disk is an OSError here.
+    """
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    preallocate(path)
+    return array
 
 
 def shrink_split(root: str | Path, split: str, keep: list[int], chunk: int = 256) -> None:
@@ -121,9 +130,7 @@ def shrink_split(root: str | Path, split: str, keep: list[int], chunk: int = 256
     for path in split_paths(root, split):
         src = np.load(path, mmap_mode="r")
         tmp = path.with_name(f".{path.name}.shrink")
-        dst = np.lib.format.open_memmap(
-            tmp, mode="w+", dtype=src.dtype, shape=(len(keep), *src.shape[1:])
-        )
+        dst = _writable(tmp, (len(keep), *src.shape[1:]))
         for i in range(0, len(keep), chunk):
             dst[i : i + chunk] = src[keep[i : i + chunk]]
         dst.flush()

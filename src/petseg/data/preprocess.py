@@ -18,9 +18,12 @@ moves another file between train and val.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import ctypes
 import logging
 import multiprocessing as mp
 import os
+import signal
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -39,11 +42,12 @@ from petseg.data.oxford import SkipFile, breed_of, load_pair, read_list
 from petseg.data.prepared import MANIFEST, SPLITS, create_split, shrink_split
 from petseg.data.split import split_trainval
 from petseg.errors import DataError
-from petseg.fileio import atomic_dir, atomic_write_json
+from petseg.fileio import atomic_dir, atomic_write_json, sweep_temporaries
 
 log = logging.getLogger(__name__)
 
 _MAX_CHUNK = 32  # images per task: small enough for a smooth progress bar and load balance
+_PR_SET_PDEATHSIG = 1  # prctl option: the signal this process gets when its parent dies
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ def preprocess(
 ) -> dict[str, Any]:
     """Prepare ``raw_dir`` into ``out_dir`` and return the manifest (also written as JSON)."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    sweep_temporaries(out_dir)  # a killed run's half-written arrays: their room is needed now
     listed = _split_lists(raw_dir, params)
     names = [name for split in SPLITS for name in listed[split]]
     with atomic_dir(out_dir) as tmp:
@@ -101,10 +106,11 @@ def _split_lists(raw_dir: Path, params: PreprocessParams) -> dict[str, list[str]
     listed = {"train": train, "val": val, "test": test}
     for split, names in listed.items():
         if not names:
+            list_file = ann / ("test.txt" if split == "test" else "trainval.txt")
             hint = (
                 "val needs a breed with >= 2 trainval images"
                 if split == "val" and trainval
-                else f"the list file in {ann} is empty"
+                else f"{list_file} lists no image"
             )
             raise DataError(f"split {split} would be empty: {hint}")
     return listed
@@ -208,54 +214,103 @@ def _run_parallel(
                 return
             yield rows[start : start + chunk]
 
-    def child(conn: Connection) -> None:
+    parent = os.getpid()
+
+    def child(conn: Connection, inherited: list[Connection]) -> None:
+        _bind_to_parent(parent, inherited)
         try:
             out: list[_Record] = []
             for part in chunks():
+                if os.getppid() != parent:  # the stage is gone: nobody will read the records
+                    return
                 out += task(part)
                 with next_row.get_lock():
                     finished.value += len(part)
             conn.send(("ok", out))
         except BaseException:  # noqa: BLE001 - reported to the parent, which raises
-            conn.send(("error", traceback.format_exc()))
+            with contextlib.suppress(OSError):
+                conn.send(("error", traceback.format_exc()))
         finally:
             conn.close()
 
-    procs = []
-    for _ in range(workers - 1):
-        recv, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=child, args=(send,), daemon=True)
-        proc.start()
-        send.close()
-        procs.append((proc, recv))
+    procs: list[tuple[mp.process.BaseProcess, Connection]] = []
+    failed = True
     try:
-        results: list[_Record] = []
-        own = 0
-        for part in chunks():
-            results += task(part)
-            own += len(part)
-            bar.update(own + finished.value - bar.n)
-        for proc, recv in procs:
-            try:
-                status, payload = recv.recv()
-            except EOFError:
-                proc.join()
-                raise DataError(
-                    f"a preprocess worker process died (exit code {proc.exitcode}); "
-                    "rerun with preprocess.workers: 1 to see the failing file"
-                ) from None
-            if status != "ok":
-                raise RuntimeError(f"a preprocess worker process failed:\n{payload}")
-            results += payload
-            bar.update(own + finished.value - bar.n)
+        for _ in range(workers - 1):
+            recv, send = ctx.Pipe(duplex=False)
+            # The child must not hold read ends: its own would keep its writes from ever failing.
+            inherited = [recv, *(r for _, r in procs)]
+            proc = ctx.Process(target=child, args=(send, inherited), daemon=True)
+            proc.start()
+            send.close()
+            procs.append((proc, recv))
+        results = _own_share_then_collect(task, chunks, procs, finished, bar)
+        failed = False
     finally:
-        for proc, recv in procs:
-            recv.close()
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
+        _end_workers(procs, failed)
     bar.update(len(rows) - bar.n)
     return sorted(results, key=_row_of)
+
+
+def _end_workers(procs: list[tuple[mp.process.BaseProcess, Connection]], failed: bool) -> None:
+    """Join the workers; after a failure (or a stop) kill them first: they would go on decoding
+    for nobody."""
+    for proc, recv in procs:
+        recv.close()
+        if failed:
+            proc.kill()
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+def _own_share_then_collect(
+    task: _Task,
+    chunks: Callable[[], Iterator[list[tuple[int, str]]]],
+    procs: list[tuple[mp.process.BaseProcess, Connection]],
+    finished: Any,
+    bar: tqdm,
+) -> list[_Record]:
+    """Decode chunks in this process until none is left, then gather the children's records."""
+    results: list[_Record] = []
+    own = 0
+    for part in chunks():
+        results += task(part)
+        own += len(part)
+        bar.update(own + finished.value - bar.n)
+    for proc, recv in procs:
+        try:
+            status, payload = recv.recv()
+        except EOFError:
+            proc.join()
+            raise DataError(
+                f"a preprocess worker process died (exit code {proc.exitcode}); "
+                "rerun with preprocess.workers: 1 to see the failing file"
+            ) from None
+        if status != "ok":
+            raise RuntimeError(f"a preprocess worker process failed:\n{payload}")
+        results += payload
+        bar.update(own + finished.value - bar.n)
+    return results
+
+
+def _bind_to_parent(parent: int, inherited: list[Connection]) -> None:
+    """In a forked worker: close the read ends it inherited and tie its life to the stage's.
+
+    Stop signals are the parent's to handle (Ctrl-C reaches the whole process group, and the
+    parent then ends its workers); on Linux the kernel kills the worker when the parent dies, even
+    by SIGKILL, elsewhere it stops before its next chunk.
+    """
+    for conn in inherited:
+        conn.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    with contextlib.suppress(OSError, AttributeError):  # prctl is Linux only
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # died before prctl took effect
+        os._exit(1)
 
 
 def _row_of(record: _Record) -> int:

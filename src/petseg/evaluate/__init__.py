@@ -38,6 +38,7 @@ from petseg.evaluate.scores import (
     per_image_confusion,
     scores,
 )
+from petseg.fileio import stage_outputs
 from petseg.metrics import confusion_matrix, mean_iou
 from petseg.models import load_model
 from petseg.results import CostSetup, Summary, TestMetrics
@@ -55,6 +56,11 @@ class EvalPaths:
     predictions: Path  # plots/predictions/*.png
     coco: Path  # data/coco: ground truth and per-architecture results
 
+    def outputs(self) -> list[Path]:
+        """Everything the stage writes (its DVC outs)."""
+        tests = [self.metrics_dir / f"{arch}.json" for arch in self.models]
+        return [*tests, self.summary, self.plots, self.predictions, self.coco]
+
 
 @dataclass(frozen=True)
 class Evaluated:
@@ -68,7 +74,13 @@ class Evaluated:
 
 
 def evaluate_all(params: EvaluateParams, paths: EvalPaths) -> Summary:
-    """Score every model on the test split and write metrics, plot data, grids and COCO files."""
+    """Score every model on the test split and write metrics, plot data, grids and COCO files:
+    all of them, or after a failure none (no mix of this run's files and an earlier run's)."""
+    with stage_outputs(*paths.outputs()):
+        return _evaluate_and_write(params, paths)
+
+
+def _evaluate_and_write(params: EvaluateParams, paths: EvalPaths) -> Summary:
     device = pick_device(params.device, "evaluate.device")
     manifest = read_manifest(paths.prepared)
     test = load_split(paths.prepared, "test", mmap=False)
