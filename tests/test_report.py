@@ -991,3 +991,15 @@ def test_identical_networks_across_seeds_are_a_tie_not_a_disagreement():
     assert v.agree and not v.real and (v.low, v.high) == (0.0, 0.0)
     text = " ".join(seed_sentences(seeds, diffs))
     assert "make no difference these seeds can show" in text and "disagree" not in text
+
+
+def test_collapsed_networks_are_left_out_of_the_ranking():
+    one = dict(WITH_ABLATION, strided=_collapsed())
+    text = " ".join(discussion(summary_of(one), counts=COUNTS, data_source="folder"))
+    assert "unet is the best architecture on test mIoU" in text
+    assert "worst, strided" not in text  # a collapsed network is not "the worst": it is broken
+    everything = {a: _collapsed() for a in WITH_ABLATION}
+    facts = discussion(summary_of(everything), counts=COUNTS, data_source="folder")
+    text = " ".join(facts)
+    assert "No ranking: strided, unpool, unet and unet_noskip collapsed to one class" in text
+    assert "is the best architecture" not in text and "the most accurate" not in text

@@ -164,6 +164,13 @@ def _failures(archs: Rows) -> list[str]:
 
 # ---------------------------------------------------------------------------------- accuracy
 def _ranking(archs: Rows, iv: Intervals | None = None) -> list[str]:
+    broken = collapsed(archs)
+    if broken and len(archs) - len(broken) < 2:
+        return [
+            f"No ranking: {_join(list(broken))} collapsed to one class (see above), so test mIoU "
+            "compares nothing the networks have learned."
+        ]
+    archs = {a: r for a, r in archs.items() if a not in broken}  # rank what learned something
     miou = _finite({a: r.miou for a, r in archs.items()})
     order = _ranked(miou)
     if len(order) < 2:
@@ -465,7 +472,9 @@ def _step_cost(summary: Summary) -> list[str]:
 
 
 def _accuracy_price(archs: Rows) -> list[str]:
-    """What the most accurate network's training step costs, relative to the cheapest."""
+    """What the most accurate network's training step costs, relative to the cheapest (among the
+    networks that did not collapse)."""
+    archs = {a: r for a, r in archs.items() if a not in collapsed(archs)}
     miou = _finite({a: r.miou for a, r in archs.items()})
     if len(miou) < 2:
         return []
