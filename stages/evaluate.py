@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from petseg import cli, config
+from petseg import cli, config, results, tracking
 from petseg.evaluate import EvalPaths, evaluate_all
 from petseg.models import ARCHITECTURES
 
@@ -17,6 +17,7 @@ def main() -> None:
     parser.add_argument("--train-metrics", type=Path, required=True, help="folder with <arch>.json")
     parser.add_argument("--metrics", type=Path, required=True, help="output folder, <arch>.json")
     parser.add_argument("--summary", type=Path, required=True)
+    parser.add_argument("--scores", type=Path, required=True, help="the DVC metrics file")
     parser.add_argument("--plots", type=Path, required=True)
     parser.add_argument("--predictions", type=Path, required=True)
     parser.add_argument("--coco", type=Path, required=True)
@@ -31,6 +32,7 @@ def main() -> None:
             train_metrics={a: args.train_metrics / f"{a}.json" for a in ARCHITECTURES},
             metrics_dir=args.metrics,
             summary=args.summary,
+            scores=args.scores,
             plots=args.plots,
             predictions=args.predictions,
             coco=args.coco,
@@ -38,6 +40,16 @@ def main() -> None:
     )
     for arch, res in summary.architectures.items():
         print(f"{arch}: test mIoU {res.miou:.4f}, pixel accuracy {res.pixel_accuracy:.4f}")
+    # Into each network's training run (tracking.* is no DVC dep: it changes no output).
+    tests = {
+        a: results.read(results.TestMetrics, args.metrics / f"{a}.json") for a in summary.archs
+    }
+    scores = {
+        arch: (t.mlflow_run_id, {m: t.at(m) for m in tracking.TEST_METRICS})
+        for arch, t in tests.items()
+        if t.mlflow_run_id
+    }
+    tracking.record_test_scores(config.load_section(args.params, "tracking"), scores)
 
 
 if __name__ == "__main__":

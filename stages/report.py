@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from petseg import cli, config
+from petseg import cli, config, tracking
 from petseg.report import ReportPaths, build_report
 
 
@@ -49,6 +49,13 @@ def main() -> None:
         f"report: {index} (self-contained), {args.out / 'README.md'} and "
         f"{args.out / 'report.ipynb'}"
     )
+    # Into the MLflow run that groups this pipeline execution (tracking.* is no DVC dep).
+    parent = tracking.publish_report(
+        config.load_section(args.params, "tracking"),
+        {"report": args.out, "metrics": args.summary, "predictions": args.predictions},
+    )
+    if parent:
+        print(f"report: logged to MLflow run {parent}")
 
 
 if __name__ == "__main__":

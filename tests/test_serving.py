@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from petseg import predict, serving, tracking
+from petseg import predict, serving
 from petseg.data.oxford import decode_rgb
+from petseg.tracking import served
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def segmenter(tiny_trained):
 def logged(tiny_trained, monkeypatch):
     """The pyfunc of the tiny model's run, loaded from its MLflow store."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_trained.tracking_uri)
-    return tracking.load_logged_model(tiny_trained.run_id, Path.cwd())
+    return served.load_logged_model(tiny_trained.run_id, Path.cwd())
 
 
 def _photo(pets_quirks: Path) -> np.ndarray:
@@ -114,7 +115,8 @@ def test_mlflow_models_serve_answers_a_photo_with_its_mask(tiny_trained, logged,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     cmd = [
-        str(bin_dir / "mlflow"), "models", "serve", "-m", f"runs:/{tiny_trained.run_id}/model",
+        str(bin_dir / "mlflow"), "models", "serve",
+        "-m", served.model_uri(tiny_trained.run_id, Path.cwd()),
         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     proc = subprocess.Popen(

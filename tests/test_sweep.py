@@ -28,6 +28,7 @@ from petseg import CLASSES, config, sweep, tracking
 from petseg import results as R
 from petseg.errors import DataError, ParamsError
 from petseg.results import ArchSummary, Summary
+from petseg.tracking import served
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = config.Params().model_dump()  # the defaults: augmentation and weight decay on
@@ -406,7 +407,7 @@ def test_parallel_sweep_lands_every_run_in_the_one_store(swept, no_tracking_env)
         assert any(k.startswith("system/") for k in run.data.metrics)  # the monitor thread logged
         assert run.data.params["train.seed"] == tags["dvc.exp_name"][-1]
     unet = next(r for r in swept_runs if r.info.run_name == "unet")
-    assert tracking.load_logged_model(unet.info.run_id, project) is not None
+    assert served.load_logged_model(unet.info.run_id, project) is not None
 
     # The UI filters documented in the README.
     group = client.search_runs([unet.info.experiment_id], "tags.petseg.group = 'reg-dropout-s1'")

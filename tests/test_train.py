@@ -19,7 +19,7 @@ import torch
 import yaml
 from conftest import tiny_section
 
-from petseg import config, tracking
+from petseg import config
 from petseg.config import ModelsParams, SyntheticParams, TrackingParams, TrainParams
 from petseg.data.prepared import load_split
 from petseg.data.preprocess import preprocess
@@ -28,6 +28,7 @@ from petseg.engine import DivergenceError, Feed, evaluate
 from petseg.metrics import mean_iou
 from petseg.models import ARCHITECTURES, load_model
 from petseg.results import TRAIN_CURVE_COLUMNS as CSV_COLUMNS
+from petseg.tracking import served
 from petseg.train import TrainPaths, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +140,7 @@ def test_each_architecture_trains_and_logs_to_mlflow(
         assert run.data.params["train.epochs"] == "2"
         history = client.get_metric_history(run.info.run_id, "val/miou")
         assert sorted(m.step for m in history) == [1, 2]
-        logged = tracking.load_logged_model(run.info.run_id, ROOT)  # the servable pyfunc
+        logged = served.load_logged_model(run.info.run_id, ROOT)  # the servable pyfunc
         assert logged.metadata.metadata["network"] == run.info.run_name
         images = np.zeros((3, 40, 24, 3), np.uint8)  # any size: it runs at the training size
         assert logged.predict(images).shape == (3, 40, 24)

@@ -137,10 +137,15 @@ def provenance(arch: str, train: TrainParams, model: ArchParams, prepared: Path)
     params = json.dumps([arch, train.model_dump(), model.model_dump()], sort_keys=True)
     return {
         "params": _digest(params.encode()),
-        "data": _digest((prepared / "manifest.json").read_bytes()),
+        "data": data_digest(prepared),
         "code": {p.relative_to(top).as_posix(): _digest(p.read_bytes()) for p in code_files(arch)},
         "torch": str(torch.__version__),  # a str subclass that weights_only loading refuses
     }
+
+
+def data_digest(prepared: Path) -> str:
+    """The prepared data's identity: a digest of its manifest (counts, sizes, every file)."""
+    return _digest((prepared / "manifest.json").read_bytes())
 
 
 def fingerprint(arch: str, train: TrainParams, model: ArchParams, prepared: Path) -> str:

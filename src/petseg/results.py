@@ -5,6 +5,10 @@ sweep read.
 ``metrics/test/<arch>.json``   :class:`TestMetrics`  (evaluate stage)
 ``metrics/summary.json``       :class:`Summary`      (evaluate stage): one row per architecture,
                                the best architecture per metric, paired bootstrap intervals
+``metrics/scores.json``        :class:`Headline`     (evaluate stage): the one DVC metrics file, a
+                               few numbers per architecture (:data:`HEADLINE`), so that ``dvc exp
+                               show`` and ``dvc metrics diff`` stay readable; the files above are
+                               DVC outputs holding the strings, intervals and per-image detail
 ``plots/**/*.csv``             the column names of every plot table (``*_COLUMNS``), and of
                                ``plots/eval/examples.csv`` (which image each grid shows)
 
@@ -56,6 +60,11 @@ LOWER_IS_BETTER = frozenset(
         "cost.inference_batch.ratio",
     }
 )
+
+# The numbers per architecture in metrics/scores.json, the DVC metrics file. With four networks
+# each score column is four columns of `dvc exp show`: the pet and background IoU, which move with
+# mIoU, stay in metrics/test/<arch>.json; border IoU is the class that separates the networks.
+HEADLINE = ("miou", "pixel_accuracy", "iou.border", "boundary_iou", "train_seconds", "params")
 
 TRAIN_CURVE_COLUMNS = (
     "epoch",
@@ -200,6 +209,7 @@ class TestMetrics(Scores):
     boundary_iou: float
     epochs: int  # epochs trained: best_epoch == epochs means it was still improving
     cost: StepCost | None = None  # timed steps (evaluate.cost_rounds > 0)
+    mlflow_run_id: str | None = None  # the training run (from the model file): gets the scores
 
     def to_json(self) -> dict[str, Any]:
         # Key order of the file: identification, scores, then cost (as dvc metrics show lists it).
@@ -235,6 +245,21 @@ class ArchSummary(Record):
         shares = {c: n / total for c, n in zip(CLASSES, per_class, strict=True)}
         fields = {k: getattr(test, k) for k in cls.model_fields if k != "predicted"}
         return cls.model_validate({**fields, "predicted": shares})
+
+
+def headline(tests: Mapping[str, TestMetrics]) -> dict[str, dict[str, Any]]:
+    """metrics/scores.json: arch -> the :data:`HEADLINE` numbers, nested by their dotted path."""
+    out: dict[str, dict[str, Any]] = {}
+    for arch, test in tests.items():
+        row: dict[str, Any] = {}
+        for metric in HEADLINE:
+            *parents, leaf = metric.split(".")
+            node = row
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = test.at(metric)
+        out[arch] = row
+    return out
 
 
 class Interval(Record):

@@ -1,10 +1,10 @@
 """What the logged MLflow model does: uint8 RGB images of any size in, class maps at their size out.
 
-Training logs it with :meth:`petseg.tracking.Tracker.log_model` as a pyfunc whose class
-(:class:`petseg.tracking.ServedModel`) only hands over to this module, so the logic is plain numpy
-and torch, tested without MLflow, and ``mlflow models serve`` runs exactly what ``predict`` runs
-(:class:`petseg.segmenter.Segmenter` at the training size). Its artifact is the model file itself
-(``models/<arch>.pt``, loaded with ``weights_only=True``).
+Training logs it with :func:`petseg.tracking.served.log_model` as a pyfunc whose class
+(:class:`petseg.tracking.served.ServedModel`) only hands over to this module, so the logic is
+plain numpy and torch, tested without MLflow, and ``mlflow models serve`` runs exactly what
+``predict`` runs (:class:`petseg.segmenter.Segmenter` at the training size). Its artifact is the
+model file itself (``models/<arch>.pt``, loaded with ``weights_only=True``).
 
 Input: one batch (N, H, W, 3) uint8, or images of different sizes as MLflow's ragged form (an
 object array of (H, W, 3) arrays; :func:`as_model_input` builds it from one image or a list).

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from petseg import CLASSES, NUM_CLASSES, results, tracking
-from petseg.checkpoint import Checkpoint, Restored, TrainState, provenance
+from petseg.checkpoint import Checkpoint, Restored, TrainState, data_digest, provenance
 from petseg.config import ARCH_SECTIONS, ArchParams, ModelsParams, TrackingParams, TrainParams
 from petseg.data.prepared import load_split, read_manifest
 from petseg.device import Stopwatch, hardware_name, precision
@@ -39,6 +39,7 @@ from petseg.metrics import iou_per_class, mean_iou, pixel_accuracy
 from petseg.models import build_model, count_params, gflops_per_image, save_model
 from petseg.optim import make_optimizer, make_scheduler, weight_average
 from petseg.runtime import Runtime, setup_runtime
+from petseg.tracking import served
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class Data:
     n_train: int
     n_val: int
     image_size: int
+    prepared: Path  # where they came from
+    digest: str  # checkpoint.data_digest: the MLflow dataset's digest
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ def train(
                 checkpoint.save(state, rt)
             for epoch in range(state.epoch + 1, p.epochs + 1):
                 row = run_epoch(loop, state, epoch)
+                tracker.sample_system(row["epoch_seconds"] * (p.epochs - epoch + 1))
                 record_epoch(loop, row, tracker)
                 checkpoint.save(state, rt)
                 rt.barrier()
@@ -138,7 +142,10 @@ def load_data(prepared: Path, rt: Runtime) -> Data:
     tr = load_split(prepared, "train", stream=True)
     va = load_split(prepared, "val", stream=True)
     arrays = on_device((tr.images, tr.masks, va.images, va.masks), rt.device)
-    return Data(*arrays, n_train=len(tr), n_val=len(va), image_size=int(manifest["image_size"]))
+    return Data(
+        *arrays, n_train=len(tr), n_val=len(va), image_size=int(manifest["image_size"]),
+        prepared=prepared, digest=data_digest(prepared),
+    )  # fmt: skip
 
 
 def steps_per_epoch(data: Data, p: TrainParams, rt: Runtime, prepared: Path) -> int:
@@ -201,7 +208,11 @@ def start_tracking(
         tags={"data.source": data_source, "petseg.world_size": str(loop.rt.world)},
     )
     params = {"train": loop.params.model_dump(), "models": {loop.arch: arch_params.model_dump()}}
-    tracker.log_params({"arch": loop.arch, **params})
+    data = {"data": {"source": data_source}, "preprocess": {"image_size": loop.data.image_size}}
+    tracker.log_params({"arch": loop.arch, **params, **data})
+    tracker.log_dataset(
+        f"{data_source}-{loop.data.image_size}px", loop.data.digest, loop.data.prepared
+    )
     state.run_id = tracker.run_id or state.run_id
     return tracker
 
@@ -291,13 +302,15 @@ def finish(
         result = result.model_copy(update={"weights_checksum_per_rank": checksums})
     if not rt.main:
         return result
-    save_model(paths.model, loop.arch, arch_params, loop.data.image_size, state.best.state)
+    save_model(
+        paths.model, loop.arch, arch_params, loop.data.image_size, state.best.state,
+        run_id=tracker.run_id,
+    )  # fmt: skip
     results.write(paths.metrics, result)
     results.write_csv(paths.plot, results.TRAIN_CURVE_COLUMNS, state.history)
     tracker.log_metrics({"best/val_miou": result.best_val_miou}, step=state.best.epoch)
     if log_model:
-        with tracker.guarded():
-            tracker.log_model(paths.model)
+        served.log_model(tracker, paths.model)
     tracker.end("FINISHED")
     return result
 

@@ -38,7 +38,7 @@ from petseg.evaluate.scores import (
     per_image_confusion,
     scores,
 )
-from petseg.fileio import stage_outputs
+from petseg.fileio import atomic_write_json, stage_outputs
 from petseg.metrics import confusion_matrix, mean_iou
 from petseg.models import load_model
 from petseg.results import CostSetup, Summary, TestMetrics
@@ -52,6 +52,7 @@ class EvalPaths:
     train_metrics: dict[str, Path]  # arch -> metrics/train/<arch>.json
     metrics_dir: Path  # metrics/test/<arch>.json
     summary: Path  # metrics/summary.json
+    scores: Path  # metrics/scores.json: the headline numbers, the DVC metrics file
     plots: Path  # plots/eval: confusion, runtime, per_class, per_image and examples .csv
     predictions: Path  # plots/predictions/*.png
     coco: Path  # data/coco: ground truth and per-architecture results
@@ -59,7 +60,7 @@ class EvalPaths:
     def outputs(self) -> list[Path]:
         """Everything the stage writes (its DVC outs)."""
         tests = [self.metrics_dir / f"{arch}.json" for arch in self.models]
-        return [*tests, self.summary, self.plots, self.predictions, self.coco]
+        return [*tests, self.summary, self.scores, self.plots, self.predictions, self.coco]
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ def _evaluate_and_write(params: EvaluateParams, paths: EvalPaths) -> Summary:
         intervals = bootstrap_intervals(image_cms, params.bootstrap, boundary=bands)
     summary = Summary.of(tests, intervals, setup)
     results.write(paths.summary, summary)
+    atomic_write_json(paths.scores, results.headline(tests))
     per_image = {a: mean_iou(cms) for a, cms in image_cms.items()}
     write_plot_data(paths.plots, tests, per_image, test.names)
     preds = {a: e.pred for a, e in done.items()}
@@ -141,6 +143,7 @@ def evaluate_one(
         gflops_per_image=trained.gflops_per_image,
         boundary_iou=boundary_iou(bands.sum(0)),
         epochs=trained.epochs,
+        mlflow_run_id=info.run_id,
     )
     return Evaluated(metrics, model, pred, per_image_confusion(pred, test.masks), bands)
 

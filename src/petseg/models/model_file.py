@@ -37,6 +37,7 @@ class ModelInfo:
     num_classes: int
     classes: tuple[str, ...]  # class of each output channel
     image_size: int  # side of the square training images
+    run_id: str | None = None  # the MLflow run that trained it (absent: tracking was off)
 
 
 def save_model(
@@ -45,8 +46,10 @@ def save_model(
     arch_params: ArchParams,
     image_size: int,
     state_dict: Mapping[str, torch.Tensor],
+    run_id: str | None = None,
 ) -> None:
-    """Write ``models/<arch>.pt`` atomically (streamed: no in-memory copy of the weights)."""
+    """Write ``models/<arch>.pt`` atomically (streamed: no in-memory copy of the weights);
+    ``run_id``: the MLflow run that trained it, where evaluate logs its test scores."""
     with atomic_file(path) as fh:
         torch.save(
             {
@@ -56,6 +59,7 @@ def save_model(
                 "classes": list(CLASSES),
                 "image_size": image_size,
                 "state_dict": dict(state_dict),
+                **({"mlflow_run_id": run_id} if run_id else {}),
             },
             fh,
         )
@@ -81,8 +85,9 @@ def load_model(path: str | Path) -> tuple[SegmentationModel, ModelInfo]:
     model = build_model(arch, models, blob["num_classes"])
     model.load_state_dict(blob["state_dict"])
     info = ModelInfo(
-        arch, blob["params"], blob["num_classes"], tuple(blob["classes"]), blob["image_size"]
-    )
+        arch, blob["params"], blob["num_classes"], tuple(blob["classes"]), blob["image_size"],
+        run_id=blob.get("mlflow_run_id"),
+    )  # fmt: skip
     return model.eval(), info
 
 

@@ -14,8 +14,8 @@ new store under a file lock; and the few calls made here are retried when the st
 itself temporarily unavailable. Experiments created at the same moment by two processes resolve to
 the same experiment.
 
-The model a run logs is servable (``mlflow models serve``): a pyfunc, :class:`ServedModel`, that
-hands every call to :mod:`petseg.serving`, which imports no mlflow and nothing of training.
+The model a run logs is servable (``mlflow models serve``): :mod:`petseg.tracking.served`, kept
+apart so that the stages that only log (evaluate, report) do not import the models.
 
 Tags on every run: ``petseg.arch``, ``petseg.group`` (what groups the runs of one pipeline
 execution: the DVC experiment name, or ``repro-<start>-<pid>`` of a plain ``dvc repro``),
@@ -46,21 +46,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import mlflow
-import numpy as np
 import psutil
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import (
     RESOURCE_ALREADY_EXISTS,
     RESOURCE_DOES_NOT_EXIST,
     TEMPORARILY_UNAVAILABLE,
     ErrorCode,
 )
-from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from petseg import serving
 from petseg.config import TrackingParams
 from petseg.errors import TrackingError
 
@@ -73,6 +73,16 @@ ARTIFACTS = "mlartifacts"
 RETRY_DELAYS = (1, 2, 4, 8, 15)
 WAIT_S = TrackingParams().wait_s
 ERROR_TAG = "petseg.error"
+GROUP_TAG = "petseg.group"
+PARENT_TAG = "petseg.parent"  # "true" on the run that holds one pipeline execution's runs
+# MLflow 3 opens an experiment in the view its kind names; without it the UI guesses, and an
+# experiment of training runs can open in the GenAI view (traces, prompts).
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+# System metrics: about this many samples over a training, taken every 0.5-10 s (MLflow: 10 s).
+SYSTEM_SAMPLES, SYSTEM_INTERVAL_S = 300, (0.5, 10.0)
+# Test scores the evaluate stage adds to each network's training run and logged model.
+TEST_METRICS = ("miou", "pixel_accuracy", "iou.pet", "iou.background", "iou.border",
+                "boundary_iou", "mean_dice", "binary_pet_iou")  # fmt: skip
 # MLflow limits tag values; an error message is cut to this many characters.
 MAX_TAG = 5000
 
@@ -225,18 +235,23 @@ def _connect(root: Path, experiment: str, wait_s: float = WAIT_S) -> str:
         use_wal(uri, wait_s)
         mlflow.set_tracking_uri(uri)
         exp = _retry(mlflow.get_experiment_by_name, experiment, wait_s=wait_s)
-        if exp is not None:
-            return exp.experiment_id
-        # With a local store keep artifacts inside the project; a server decides for itself.
-        location = (root / ARTIFACTS).as_uri() if uri.startswith("sqlite:") else None
-        try:
-            return _retry(
-                mlflow.create_experiment, experiment, artifact_location=location, wait_s=wait_s
-            )
-        except MlflowException as exc:  # another process created it a moment ago
-            if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-                raise
-            return _retry(mlflow.get_experiment_by_name, experiment, wait_s=wait_s).experiment_id
+        if exp is None:
+            exp = _create_experiment(root, uri, experiment, wait_s)
+        if exp.tags.get(KIND_TAG) != KIND:
+            client = mlflow.MlflowClient()
+            _retry(client.set_experiment_tag, exp.experiment_id, KIND_TAG, KIND, wait_s=wait_s)
+        return exp.experiment_id
+
+
+def _create_experiment(root: Path, uri: str, experiment: str, wait_s: float) -> Any:
+    # With a local store keep artifacts inside the project; a server decides for itself.
+    location = (root / ARTIFACTS).as_uri() if uri.startswith("sqlite:") else None
+    try:
+        _retry(mlflow.create_experiment, experiment, artifact_location=location, wait_s=wait_s)
+    except MlflowException as exc:  # another process created it a moment ago
+        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+    return _retry(mlflow.get_experiment_by_name, experiment, wait_s=wait_s)
 
 
 # ----------------------------------------------------------------------------------- tags
@@ -267,7 +282,7 @@ def base_tags(run_name: str, root: Path) -> dict[str, str]:
     tags = {"petseg.arch": run_name}
     group = run_group()
     if group:
-        tags["petseg.group"] = group
+        tags[GROUP_TAG] = group
     commit = _git_commit(root)
     if commit:
         tags["git.commit"] = commit
@@ -275,6 +290,34 @@ def base_tags(run_name: str, root: Path) -> dict[str, str]:
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     return tags
+
+
+def display_name(arch: str) -> str:
+    """A run's and its logged model's name: the network and the pipeline execution, e.g.
+    ``unet-exp-3f2a1`` (``arch`` alone outside DVC)."""
+    group = run_group()
+    name = f"{arch}-{group}" if group else arch
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)
+
+
+def parent_run(exp_id: str, root: Path, wait_s: float = WAIT_S) -> str | None:
+    """The run that holds one pipeline execution (its group): its network runs nest under it and
+    the report stage logs the report into it. Created, FINISHED, on first use; outside DVC
+    (no group): None."""
+    group = run_group()
+    if group is None:
+        return None
+    client = mlflow.MlflowClient()
+    query = f"tags.`{GROUP_TAG}` = '{group}' and tags.`{PARENT_TAG}` = 'true'"
+    found = _retry(client.search_runs, [exp_id], query, max_results=1, wait_s=wait_s)
+    if found:
+        return found[0].info.run_id
+    tags = {k: v for k, v in base_tags("", root).items() if k != "petseg.arch"}
+    run = _retry(
+        client.create_run, exp_id, run_name=group, tags={**tags, PARENT_TAG: "true"}, wait_s=wait_s
+    )
+    _retry(client.set_terminated, run.info.run_id, "FINISHED", wait_s=wait_s)
+    return run.info.run_id
 
 
 def _error_text(exc: BaseException) -> str:
@@ -302,19 +345,26 @@ class Tracker:
         wait_s: float = WAIT_S,
     ) -> None:
         self.uri, self.wait_s = tracking_uri(root), wait_s
+        self.system_metrics, self._monitor = system_metrics, None
         exp_id = _connect(root, experiment, wait_s)
         all_tags = {**base_tags(run_name, root), **(tags or {})}
         with self.guarded():
             if run_id is not None and not self._exists(run_id):
                 log.warning("run %s is not in %s: starting a new run", run_id, self.uri)
                 run_id = None
+            self.resumed = run_id is not None
+            if not self.resumed:
+                parent = parent_run(exp_id, root, wait_s)
+                if parent:
+                    all_tags["mlflow.parentRunId"] = parent
+            self.name = display_name(run_name)
             self.run = self._retry(
                 mlflow.start_run,
                 run_id=run_id,
                 experiment_id=None if run_id else exp_id,
-                run_name=None if run_id else run_name,
+                run_name=None if run_id else self.name,
                 tags=all_tags,
-                log_system_metrics=system_metrics,
+                log_system_metrics=False,  # started by sample_system() once the pace is known
             )
             self.run_id = self.run.info.run_id
             if ERROR_TAG in self.run.data.tags:  # the resumed run failed before: no longer true
@@ -350,22 +400,34 @@ class Tracker:
         with self.guarded():
             self._retry(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
 
-    def log_model(self, model_file: Path) -> None:
-        """Log the servable model of ``model_file`` (``models/<arch>.pt``): a pyfunc
-        (:class:`ServedModel`) with the file as its artifact and petseg's code, so that
-        ``mlflow models serve`` needs only the pinned requirements."""
-        mlflow.pyfunc.log_model(
-            name="model",
-            python_model=ServedModel(),
-            artifacts={serving.ARTIFACT: str(model_file)},
-            code_paths=[str(Path(serving.__file__).parent)],
-            signature=model_signature(),
-            input_example=(EXAMPLE, {"probabilities": False}),
-            pip_requirements=serving.requirements(),
-            metadata=serving.metadata(model_file),
+    def log_dataset(self, name: str, digest: str, path: Path) -> None:
+        """The prepared data as the run's training input (MLflow's Datasets column)."""
+        source = resolve_dataset_source(Path(path).resolve().as_uri())
+        dataset = MetaDataset(source, name=name, digest=digest)
+        with self.guarded():
+            self._retry(mlflow.log_input, dataset, context="training")
+
+    def sample_system(self, expected_s: float) -> None:
+        """Start MLflow's system metrics, every ``expected_s`` / SYSTEM_SAMPLES seconds (within
+        SYSTEM_INTERVAL_S; ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` overrides), so that a short
+        training gets a curve and a long one no flood. Once per run; no-op when off."""
+        if not self.system_metrics or self._monitor is not None:
+            return
+        low, high = SYSTEM_INTERVAL_S
+        interval = min(max(expected_s / SYSTEM_SAMPLES, low), high)
+        env = os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL")
+        self._monitor = SystemMetricsMonitor(
+            self.run_id,
+            sampling_interval=float(env) if env else interval,
+            resume_logging=self.resumed,
+            tracking_uri=self.uri,
         )
+        self._monitor.start()
 
     def end(self, status: str = "FINISHED") -> None:
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
         with self.guarded():
             try:
                 mlflow.end_run(status=status)
@@ -390,7 +452,10 @@ class Untracked:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         pass
 
-    def log_model(self, model_file: Path) -> None:
+    def log_dataset(self, name: str, digest: str, path: Path) -> None:
+        pass
+
+    def sample_system(self, expected_s: float) -> None:
         pass
 
     def end(self, status: str = "FINISHED") -> None:
@@ -437,6 +502,59 @@ def end_abandoned(params: TrackingParams, run_id: str, reason: str) -> None:
     log.info("ended the MLflow run %s of the ignored checkpoint as KILLED", run_id)
 
 
+def record_test_scores(
+    params: TrackingParams, scores: Mapping[str, tuple[str, dict[str, float]]]
+) -> None:
+    """The evaluate stage's test scores (``arch -> (run id, {metric: value})``) into each
+    network's training run, as ``test/<metric>``, and onto the model that run logged, so that
+    the runs table sorts by ``metrics.`test/miou``` and the model page shows them. A run that is
+    not in the store (trained elsewhere, or with tracking off) is skipped with a warning."""
+    if not params.enabled or not scores:
+        return
+    uri, wait_s = tracking_uri(project_root()), params.wait_s
+    with store_errors(uri, wait_s):
+        use_wal(uri, wait_s)
+        client = mlflow.MlflowClient(uri)
+        for arch, (run_id, values) in scores.items():
+            try:
+                run = _retry(client.get_run, run_id, wait_s=wait_s)
+            except MlflowException:
+                log.warning("%s: its training run %s is not in %s: test scores not logged",
+                            arch, run_id, _store_name(uri))  # fmt: skip
+                continue
+            models = _retry(client.search_logged_models, [run.info.experiment_id],
+                            filter_string=f"source_run_id = '{run_id}'", wait_s=wait_s)  # fmt: skip
+            model_id = models[0].model_id if models else None
+            now = int(time.time() * 1000)
+            metrics = [
+                Metric(f"test/{k.replace('.', '_')}", float(v), now, 0, model_id=model_id)
+                for k, v in values.items()
+            ]
+            _retry(client.log_batch, run_id, metrics=metrics, wait_s=wait_s)
+
+
+def publish_report(params: TrackingParams, files: Mapping[str, Path]) -> str | None:
+    """The report stage's files into the parent run of this pipeline execution (``artifact
+    folder -> file or folder``); returns the parent's id (None: tracking off or outside DVC)."""
+    if not params.enabled:
+        return None
+    root, wait_s = project_root(), params.wait_s
+    uri = tracking_uri(root)
+    with store_errors(uri, wait_s):
+        exp_id = _connect(root, params.experiment, wait_s)
+        parent = parent_run(exp_id, root, wait_s)
+        if parent is None:
+            return None
+        client = mlflow.MlflowClient(uri)
+        for folder, path in files.items():
+            path = Path(path)
+            if path.is_dir():
+                _retry(client.log_artifacts, parent, str(path), folder, wait_s=wait_s)
+            elif path.is_file():
+                _retry(client.log_artifact, parent, str(path), folder, wait_s=wait_s)
+    return parent
+
+
 @contextlib.contextmanager
 def failures_recorded(params: TrackingParams, run_name: str) -> Iterator[None]:
     """Around a training stage: an exception leaves a visible FAILED (or KILLED) run in MLflow.
@@ -480,40 +598,3 @@ def _record_failure(
     tags = {**base_tags(run_name, root), ERROR_TAG: error}
     created = _retry(client.create_run, exp_id, tags=tags, run_name=run_name, wait_s=wait_s)
     _retry(client.set_terminated, created.info.run_id, status, wait_s=wait_s)
-
-
-# ---------------------------------------------------------------------------- the MLflow model
-class ServedModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc that ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` run.
-
-    Here because only this module imports mlflow; it holds no logic (:mod:`petseg.serving` does)
-    and no state when MLflow pickles it, so the pickle only names this class: loading it runs
-    nothing but petseg's own code, which the model carries (``code_paths``)."""
-
-    def load_context(self, context: Any) -> None:
-        self.segmenter = serving.load(context.artifacts[serving.ARTIFACT])
-
-    # np.ndarray: a type hint MLflow infers no schema from, so the logged signature rules
-    def predict(
-        self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
-    ) -> Any:
-        return serving.predict(self.segmenter, model_input, **(params or {}))
-
-
-# A photo of any size (the height and width are free in the signature); zeros keep it small.
-EXAMPLE = np.zeros((1, 24, 40, 3), dtype=np.uint8)
-
-
-def model_signature() -> ModelSignature:
-    """uint8 RGB batches of any height and width in, class maps of the same size out."""
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
-        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]),
-        params=ParamSchema([ParamSpec("probabilities", "boolean", False)]),
-    )
-
-
-def load_logged_model(run_id: str, root: Path) -> Any:
-    """The pyfunc model logged by :meth:`Tracker.log_model` in run ``run_id``."""
-    mlflow.set_tracking_uri(tracking_uri(root))
-    return mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
