@@ -6,9 +6,14 @@ STAMP  := $(VENV)/.installed
 # Stages in dvc.yaml call `python`: make sure it is the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install vega-js demo repro sweep compare plots predict test test-fast lint format ui params-real clean
+.PHONY: help install vega-js storage demo real repro sweep compare plots predict test test-fast lint format ui clean
 
-install: $(STAMP) vega-js
+## Every target with one line (this list).
+help:
+	@awk '/^## /{if (!doc) doc = substr($$0, 4); next} /^[a-z][a-z-]*:/{if (doc) printf "  %-10s %s\n", substr($$1, 1, length($$1) - 1), doc; doc = ""; next} /^$$/{doc = ""}' $(MAKEFILE_LIST)
+
+## The venv (.venv, pinned dependencies), the offline Vega scripts and the DVC remote folder.
+install: $(STAMP) vega-js storage
 
 # Rebuilt when the pinned dependencies change.
 $(STAMP): pyproject.toml
@@ -23,6 +28,7 @@ VEGA_JS    := build/vega-js
 VEGA_PKGS  := vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0
 PLOTS_OUT  := dvc_plots
 
+## Vega, Vega-Lite and vega-embed from the npm registry for `make plots` (skipped without npm).
 vega-js: $(VEGA_JS)/.fetched
 
 # Without npm the demo and the tests still work: `make plots` and its browser test then say what is
@@ -38,20 +44,32 @@ $(VEGA_JS)/.fetched: Makefile
 		name=$${pkg%@*}; tar -xzf $$name-$${pkg#*@}.tgz -O package/build/$$name.min.js > $$name.min.js; \
 	done && rm -f *.tgz && touch .fetched
 
-## Offline demo: switch params.yaml to the synthetic preset, run every stage, point at the report.
-demo: install
-	python -m petseg.preset presets/demo.yaml
-	dvc repro
-	@echo "demo done: report in $(CURDIR)/report/index.html (and report/README.md)"
-	@echo "params.yaml now holds the presets/demo.yaml values; 'make params-real' restores the real-data defaults"
+# The default DVC remote of .dvc/config: a folder beside the repository (`dvc remote add -d` points
+# elsewhere; then this folder is simply unused).
+STORAGE := $(abspath $(CURDIR)/../petseg-dvc-storage)
 
-## Whatever params.yaml says now (real data by default).
+## The DVC remote folder beside the repository (.dvc/config's default remote "storage").
+storage:
+	@mkdir -p $(STORAGE)
+
+## Offline demo: the committed params.yaml (synthetic set); what the remote holds is pulled, the rest runs.
+demo: install
+	dvc repro --pull
+	@echo "demo done: report in $(CURDIR)/report/index.html (and report/README.md)"
+
+## The real Oxford-IIIT Pet recipe (presets/real.yaml) as the DVC experiment NAME (default: real).
+NAME ?= real
+real: install
+	python -m petseg.preset presets/real.yaml --exp-run -n $(NAME)
+
+## Whatever params.yaml says now (dvc repro).
 repro: install
 	dvc repro
 
-## Regularization sweep (README, Experiments): the grid as queued DVC experiments on top of the
-## workspace params, JOBS at a time, results into plots/experiments.csv, then the report.
-## e.g. make sweep SEEDS="0 1 2" JOBS=2 SWEEP_ARGS="--preset presets/demo.yaml -S train.epochs=5"
+## The regularization sweep as queued DVC experiments, JOBS at a time (README: Experiments).
+## The grid runs on top of the workspace params; results go into plots/experiments.csv, then the
+## report.
+## e.g. make sweep SEEDS="0 1 2" JOBS=2 SWEEP_ARGS="-S train.epochs=5"
 SEEDS      ?= 0
 JOBS       ?= 2
 SWEEP_ARGS ?=
@@ -59,8 +77,8 @@ sweep: install
 	python -m petseg.sweep run --seeds $(SEEDS) -j $(JOBS) $(SWEEP_ARGS)
 	dvc repro
 
-## The headline comparison over training seeds (README, Experiments): params.yaml's recipe as it is,
-## one queued DVC experiment per seed, collected into plots/seeds.csv and plots/seed_diffs.csv, then
+## The comparison over training seeds SEEDS, one queued DVC experiment each (README: Experiments).
+## params.yaml's recipe as it is, collected into plots/seeds.csv and plots/seed_diffs.csv, then
 ## the report's "Across seeds" section. e.g. make compare SEEDS="0 1 2" JOBS=1
 COMPARE_ARGS ?=
 compare: install
@@ -92,19 +110,20 @@ test: install lint
 test-fast: install lint
 	pytest -m "not slow" --durations=15
 
+## Ruff lint and format check (part of test and test-fast).
 lint: install
 	ruff check .
 	ruff format --check .
 
+## Fix what ruff can and reformat.
 format: install
 	ruff check --fix .
 	ruff format .
 
+## The MLflow UI over the project's store on http://127.0.0.1:5000.
 ui: install
 	mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port 5000
 
-params-real:
-	git checkout -- params.yaml
-
+## Remove the venv, caches and rendered plots (never data, models or the MLflow store).
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache $(VEGA_JS) $(PLOTS_OUT)

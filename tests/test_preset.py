@@ -1,4 +1,4 @@
-"""The demo preset edits params.yaml in place, keeps its comments and validates the result."""
+"""Presets: written into params.yaml (comments kept, validated) or run as a DVC experiment."""
 
 import shutil
 import subprocess
@@ -8,14 +8,14 @@ import pytest
 import yaml
 
 from petseg.errors import ParamsError
-from petseg.preset import apply_preset
+from petseg.preset import apply_preset, exp_run_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def params(tmp_path):
-    """The committed params.yaml: after `make demo` the workspace copy already holds the preset."""
+    """The committed params.yaml (the workspace copy may hold an applied experiment)."""
     path = tmp_path / "params.yaml"
     committed = subprocess.run(
         ["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True
@@ -27,10 +27,10 @@ def params(tmp_path):
     return path
 
 
-def test_demo_preset_changes_only_its_keys_and_keeps_comments(params):
+def test_real_preset_changes_only_its_keys_and_keeps_comments(params):
     before = params.read_text()
-    preset = yaml.safe_load((ROOT / "presets/demo.yaml").read_text())
-    changed = apply_preset(ROOT / "presets/demo.yaml", params)
+    preset = yaml.safe_load((ROOT / "presets/real.yaml").read_text())
+    changed = apply_preset(ROOT / "presets/real.yaml", params)
     assert changed and set(changed) <= set(preset)
     after = params.read_text()
     assert [ln for ln in after.splitlines() if ln.lstrip().startswith("#")] == [
@@ -42,8 +42,8 @@ def test_demo_preset_changes_only_its_keys_and_keeps_comments(params):
         for part in key.split("."):
             node = node[part]
         assert node == value
-    # Applying again changes nothing, so a second `make demo` leaves dvc.lock valid.
-    assert apply_preset(ROOT / "presets/demo.yaml", params) == []
+    # Applying again changes nothing, so a later `dvc repro` finds dvc.lock valid.
+    assert apply_preset(ROOT / "presets/real.yaml", params) == []
     assert params.read_text() == after
 
 
@@ -67,3 +67,23 @@ def test_a_preset_that_is_not_yaml_names_the_file(tmp_path):
     bad.write_text("train.epochs: [3\n")
     with pytest.raises(ParamsError, match="bad.yaml: not valid YAML"):
         read_preset(bad)
+
+
+def test_exp_run_args_set_every_override_as_dvc_parses_it(params):
+    preset = yaml.safe_load((ROOT / "presets/real.yaml").read_text())
+    cmd = exp_run_args(ROOT / "presets/real.yaml", params)
+    assert cmd[:3] == ["dvc", "exp", "run"]
+    sets = cmd[3:]
+    assert sets[::2] == ["-S"] * len(preset)
+    parsed = dict(s.split("=", 1) for s in sets[1::2])
+    assert {k: yaml.safe_load(v) for k, v in parsed.items()} == preset
+
+
+def test_exp_run_args_validate_before_anything_runs(params, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preprocess.image_size: 50\n")
+    with pytest.raises(ParamsError, match=r"preprocess\.image_size = 50 is invalid"):
+        exp_run_args(bad, params)
+    bad.write_text("train.epochz: 3\n")
+    with pytest.raises(ParamsError, match="no key train.epochz"):
+        exp_run_args(bad, params)

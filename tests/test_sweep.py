@@ -24,10 +24,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
-from petseg import CLASSES, config, sweep, tracking
+from petseg import config, sweep, tracking
 from petseg import results as R
 from petseg.errors import DataError, ParamsError
-from petseg.results import ArchSummary, Summary
+from petseg.results import Intervals
 from petseg.tracking import served
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,24 +83,19 @@ def test_plan_names_experiments_and_validates_every_one_before_queueing():
 
 
 # ------------------------------------------------------------------------------ collection
-def _row(miou: float) -> ArchSummary:
-    """One architecture's row of metrics/summary.json."""
-    return ArchSummary(
-        miou=miou, pixel_accuracy=0.9, mean_dice=0.8, binary_pet_iou=0.7,
-        iou=dict.fromkeys(CLASSES, miou), train_seconds=10.0, inference_images_per_s=50.0,
-        params=1000, gflops_per_image=0.1, boundary_iou=miou / 2, best_epoch=2, epochs=3,
-        predicted={"pet": 0.3, "background": 0.6, "border": 0.1},
-    )  # fmt: skip
+def _row(miou: float) -> dict:
+    """One architecture's entry of metrics/scores.json."""
+    return {"miou": miou, "pixel_accuracy": 0.9, "iou": {"border": miou},
+            "boundary_iou": miou / 2, "train_seconds": 10.0, "params": 1000}  # fmt: skip
 
 
 def _exp(name: str, state: str, miou: float, **sets) -> dict:
     """One experiment as `dvc exp show --json` lists it (dvc 3.67)."""
     params = sweep._with(PARAMS, {**sweep.overrides("baseline"), **sets})
-    archs = {a: _row(miou + i / 100) for i, a in enumerate(sweep.ARCHS)}
-    summary = Summary(architectures=archs, best={}).model_dump(exclude_none=True)
+    scores = {a: _row(miou + i / 100) for i, a in enumerate(sweep.ARCHS)}
     data = {
         "params": {"params.yaml": {"data": params}},
-        "metrics": {"metrics/summary.json": {"data": summary}},
+        "metrics": {"metrics/scores.json": {"data": scores}},
     }
     error = {"msg": "Experiment run failed", "type": ""} if state == "failed" else None
     return {
@@ -163,20 +158,20 @@ def test_collect_refuses_experiments_with_different_recipes(tmp_path):
         sweep.collect(sweep.parse_exp_show(show))
 
 
-def test_collect_refuses_a_summary_that_does_not_match_the_schema():
+def test_collect_refuses_scores_that_do_not_match_the_schema():
     flat = _exp("reg-baseline-s0", "success", 0.4)
-    rows = flat["revs"][0]["data"]["metrics"]["metrics/summary.json"]["data"]["architectures"]
+    rows = flat["revs"][0]["data"]["metrics"]["metrics/scores.json"]["data"]
     rows["unet"]["iou_border"] = rows["unet"].pop("iou")["border"]
     with pytest.raises(DataError) as err:
         sweep.collect(sweep.parse_exp_show(_show(flat)))
     message = str(err.value)
-    assert message.startswith("experiment reg-baseline-s0 metrics/summary.json: ")
-    assert "architectures.unet.iou missing" in message
-    assert "architectures.unet.iou_border not expected" in message
+    assert message.startswith("experiment reg-baseline-s0 metrics/scores.json unet: ")
+    assert "iou missing" in message
+    assert "iou_border not expected" in message
     assert "dvc exp remove reg-baseline-s0" in message
     empty = _exp("reg-baseline-s0", "success", 0.4)
     empty["revs"][0]["data"]["metrics"] = {}
-    with pytest.raises(sweep.SweepError, match="has no metrics/summary.json architectures"):
+    with pytest.raises(sweep.SweepError, match="has no metrics/scores.json architectures"):
         sweep.collect(sweep.parse_exp_show(_show(empty)))
 
 
@@ -389,7 +384,7 @@ def test_parallel_sweep_lands_every_run_in_the_one_store(swept, no_tracking_env)
     experiments = {e.name: e for e in done if e.state == "success" and e.name.startswith("reg-")}
     assert sorted(experiments) == sorted(SWEPT)
     for exp in experiments.values():
-        assert set(exp.summary["architectures"]) == set(sweep.ARCHS)
+        assert set(exp.scores) == set(sweep.ARCHS)
 
     client, runs = _runs(project)
     head = subprocess.run(
@@ -494,9 +489,9 @@ def test_report_regularization_table_equals_dvc_exp_show(swept):
     miou: dict[tuple[str, str], list[float]] = {}
     for exp in show[1]["experiments"]:  # read here without petseg.sweep
         if exp["name"] in SWEPT and exp["executor"]["state"] == "success":
-            summary = exp["revs"][0]["data"]["metrics"]["metrics/summary.json"]["data"]
+            scores = exp["revs"][0]["data"]["metrics"]["metrics/scores.json"]["data"]
             variant = exp["name"].split("-")[1]
-            for arch, metrics in summary["architectures"].items():
+            for arch, metrics in scores.items():
                 miou.setdefault((variant, arch), []).append(metrics["miou"])
     expected = []
     for (variant, arch), values in miou.items():
@@ -526,23 +521,28 @@ def test_compare_plans_one_experiment_per_seed_with_the_recipe_as_it_is():
         sweep.plan([sweep.RECIPE], [0], {"train.seed": 1}, PARAMS, prefix="cmp")
 
 
+# Each cmp experiment's metrics/summary.json intervals (read from the DVC cache in a real run).
+INTERVALS: dict[str, Intervals] = {}
+
+
 def _cmp(seed: int, d: float) -> dict:
     exp = _exp(f"cmp-s{seed}", "success", 0.5 + d)
     params = sweep._with(PARAMS, {"train.seed": seed})
-    data = exp["revs"][0]["data"]
-    data["params"]["params.yaml"]["data"] = params
+    exp["revs"][0]["data"]["params"]["params.yaml"]["data"] = params
     iv = {"low": d - 0.01, "high": d + 0.01}
-    data["metrics"]["metrics/summary.json"]["data"]["intervals"] = {
+    INTERVALS[exp["name"]] = Intervals.model_validate({
         "level": 0.95, "resamples": 100, "over": "8 test images",
         "miou": {a: {"low": 0.4, "high": 0.6} for a in sweep.ARCHS},
         "diff": {"strided-unpool": {"miou": iv, "iou": {"border": iv}, "boundary_iou": iv}},
-    }  # fmt: skip
+    })  # fmt: skip
     return exp
 
 
 def test_collect_seeds_gives_each_network_and_each_pair_per_seed():
     show = _show(_cmp(1, 0.02), _cmp(0, 0.03), _exp("reg-baseline-s0", "success", 0.4))
-    rows, pairs = sweep.collect_seeds(sweep.parse_exp_show(show))
+    rows, pairs = sweep.collect_seeds(
+        sweep.parse_exp_show(show), intervals=lambda e: INTERVALS[e.name]
+    )
     assert [(r["experiment"], r["arch"]) for r in rows][:2] == [
         ("cmp-s0", "strided"),
         ("cmp-s0", "unpool"),

@@ -1,15 +1,18 @@
-"""Apply a preset (a file of dotted-key overrides) to params.yaml, keeping its comments.
+"""Presets: files of dotted-key overrides of params.yaml (``presets/real.yaml``).
 
-``python -m petseg.preset presets/demo.yaml [--params params.yaml]`` is what ``make demo`` runs. It
-is the scripted equivalent of ``dvc exp run -S key=value ...`` without creating an experiment: the
-workspace's params.yaml changes, so a later ``dvc repro`` sees the same params and runs nothing.
-The result is validated by :mod:`petseg.config` before params.yaml is replaced (atomically).
+``python -m petseg.preset presets/real.yaml --exp-run [-n NAME ...]`` is what ``make real`` runs:
+the overrides, validated by :mod:`petseg.config`, become ``dvc exp run -S key=value ...`` (any
+further arguments go to ``dvc exp run``), so the run is a DVC experiment beside the committed
+baseline. Without ``--exp-run`` the preset is written into params.yaml instead, keeping its
+comments (atomically, after validation): the scripted equivalent of editing the file.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +79,39 @@ def apply_preset(preset: str | Path, params: str | Path = "params.yaml") -> list
     return changed
 
 
+def exp_run_args(preset: str | Path, params: str | Path = "params.yaml") -> list[str]:
+    """``dvc exp run`` arguments that set every override of ``preset`` (validated first)."""
+    preset, params = Path(preset), Path(params)
+    overrides = read_preset(preset)
+    try:
+        current = yaml.safe_load(params.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{params}: params file not found") from None
+    for key, value in overrides.items():
+        _set(current, key, value, str(preset))
+    config.validate(current, f"{params} with {preset} applied")
+    # DVC parses each value as YAML: flow style keeps lists and strings intact in one argument.
+    args = ["dvc", "exp", "run"]
+    for key, value in overrides.items():
+        text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
+        args += ["-S", f"{key}={text}"]
+    return args
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("preset", type=Path)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    args = parser.parse_args()
+    parser.add_argument(
+        "--exp-run", action="store_true", help="run it as a DVC experiment (dvc exp run -S ...)"
+    )
+    args, rest = parser.parse_known_args()
+    if args.exp_run:
+        cmd = [*exp_run_args(args.preset, args.params), *rest]
+        print("$ " + shlex.join(cmd), flush=True)
+        os.execvp(cmd[0], cmd)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     changed = apply_preset(args.preset, args.params)
     print(f"{args.params}: " + (f"set {', '.join(changed)}" if changed else "already up to date"))
 

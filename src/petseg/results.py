@@ -247,6 +247,17 @@ class ArchSummary(Record):
         return cls.model_validate({**fields, "predicted": shares})
 
 
+class HeadlineRow(Record):
+    """One architecture's entry of ``metrics/scores.json`` (:data:`HEADLINE`)."""
+
+    miou: float
+    pixel_accuracy: float
+    iou: dict[str, float]  # border only
+    boundary_iou: float
+    train_seconds: float
+    params: int
+
+
 def headline(tests: Mapping[str, TestMetrics]) -> dict[str, dict[str, Any]]:
     """metrics/scores.json: arch -> the :data:`HEADLINE` numbers, nested by their dotted path."""
     out: dict[str, dict[str, Any]] = {}

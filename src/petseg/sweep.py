@@ -1,10 +1,10 @@
 """The regularization sweep: its grid, run as queued DVC experiments, and its results collected.
 
-``python -m petseg.sweep run [--seeds 0 1 2] [-j 2] [--preset presets/demo.yaml] [-S key=value]``
+``python -m petseg.sweep run [--seeds 0 1 2] [-j 2] [--preset presets/real.yaml] [-S key=value]``
 (what ``make sweep`` runs) queues one DVC experiment per variant and seed with
 ``dvc exp run --queue -n reg-<variant>-s<seed> -S ...``, starts ``dvc queue start -j N``, waits
 for them, and writes ``plots/experiments.csv`` from ``dvc exp show --json``: one row per
-experiment and architecture with the test mIoU of ``metrics/summary.json``. The report stage turns
+experiment and architecture with the test mIoU of ``metrics/scores.json``. The report stage turns
 that file into its Regularization section. ``python -m petseg.sweep collect`` only rewrites it.
 
 The grid: ``baseline`` is deliberately un-regularized (no augmentation, dropout, weight decay or
@@ -15,7 +15,8 @@ same for every variant, and the sweep refuses to collect experiments whose recip
 ``python -m petseg.sweep compare --seeds 0 1 2`` (what ``make compare`` runs) is the same machinery
 for the headline comparison: one experiment ``cmp-s<seed>`` per training seed with params.yaml's
 recipe as it is, collected into ``plots/seeds.csv`` (each network's scores per seed) and
-``plots/seed_diffs.csv`` (each pair's differences per seed with their bootstrap intervals), from
+``plots/seed_diffs.csv`` (each pair's differences per seed with their bootstrap intervals, read
+from each experiment's ``metrics/summary.json`` in the DVC cache), from
 which the report's "Across seeds" section weighs seed spread against test-image resampling.
 
 Experiments that already succeeded (same name, same baseline commit) are not queued again, so a
@@ -35,7 +36,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from petseg.errors import ParamsError, PetsegError
 from petseg.fileio import atomic_write_bytes
 from petseg.preset import read_preset
 
+SCORES, SUMMARY = "metrics/scores.json", "metrics/summary.json"  # dvc.yaml's evaluate outputs
 ARCHS = tuple(config.ARCH_SECTIONS)  # every network the pipeline trains, in table order
 DROPOUT_KEYS = tuple(f"models.{s}.dropout" for s in dict.fromkeys(config.ARCH_SECTIONS.values()))
 
@@ -206,7 +208,8 @@ class Experiment:
     name: str
     state: str  # queued | running | success | failed
     params: dict[str, Any]  # params.yaml
-    summary: dict[str, Any] | None  # metrics/summary.json (stale unless state is success)
+    scores: dict[str, Any] | None  # metrics/scores.json (stale unless state is success)
+    rev: str = ""  # its commit: where metrics/summary.json (a DVC output) is read from
 
 
 def parse_exp_show(show: Sequence[Mapping[str, Any]]) -> list[Experiment]:
@@ -221,13 +224,14 @@ def parse_exp_show(show: Sequence[Mapping[str, Any]]) -> list[Experiment]:
             if state is None:  # finished before DVC tracked executors
                 state = "failed" if rev.get("error") else "success"
             data = rev.get("data") or {}
-            summary = (data.get("metrics") or {}).get("metrics/summary.json") or {}
+            scores = (data.get("metrics") or {}).get(SCORES) or {}
             out.append(
                 Experiment(
                     name=exp.get("name") or rev.get("rev", "?")[:7],
                     state=state,
                     params=((data.get("params") or {}).get("params.yaml") or {}).get("data") or {},
-                    summary=summary.get("data"),
+                    scores=scores.get("data"),
+                    rev=rev.get("rev", ""),
                 )
             )
     return out
@@ -244,7 +248,7 @@ def collect(experiments: Sequence[Experiment], prefix: str = "reg") -> list[dict
     _check_comparable(done)
     rows = []
     for exp in done:
-        for arch, row in _summary(exp).architectures.items():
+        for arch, row in _scores(exp).items():
             rows.append(
                 {
                     "experiment": exp.name,
@@ -269,21 +273,36 @@ def collect(experiments: Sequence[Experiment], prefix: str = "reg") -> list[dict
     return rows
 
 
-def _summary(exp: Experiment) -> results.Summary:
-    """The experiment's metrics/summary.json, validated; a DataError naming a bad key."""
-    missing = SweepError(f"experiment {exp.name} has no metrics/summary.json architectures")
-    if not exp.summary:
-        raise missing
-    where = f"experiment {exp.name} metrics/summary.json"
+def _scores(exp: Experiment) -> dict[str, results.HeadlineRow]:
+    """The experiment's metrics/scores.json, validated; a DataError naming a bad key."""
+    if not exp.scores:
+        raise SweepError(f"experiment {exp.name} has no {SCORES} architectures")
+    where = f"experiment {exp.name} {SCORES}"
     hint = f"rerun it or remove it (dvc exp remove {exp.name})"
-    summary = results.parse(results.Summary, exp.summary, where, hint)
-    if not summary.architectures:
-        raise missing
-    return summary
+    return {
+        arch: results.parse(results.HeadlineRow, row, f"{where} {arch}", hint)
+        for arch, row in exp.scores.items()
+    }
+
+
+def read_intervals(exp: Experiment) -> results.Intervals | None:
+    """The bootstrap intervals of the experiment's metrics/summary.json, read from its commit
+    and the DVC cache (the file is a DVC output, not a metric); None when it has none."""
+    import dvc.api  # only here: the rest of the sweep talks to dvc through its CLI
+
+    hint = f"rerun it or remove it (dvc exp remove {exp.name})"
+    try:
+        text = dvc.api.read(SUMMARY, repo=str(Path.cwd()), rev=exp.rev)
+    except Exception as exc:  # DVC raises many kinds: not in the cache, unknown rev
+        raise SweepError(f"experiment {exp.name}: cannot read {SUMMARY} ({exc}): {hint}") from None
+    where = f"experiment {exp.name} {SUMMARY}"
+    return results.parse(results.Summary, json.loads(text), where, hint).intervals
 
 
 def collect_seeds(
-    experiments: Sequence[Experiment], prefix: str = "cmp"
+    experiments: Sequence[Experiment],
+    prefix: str = "cmp",
+    intervals: Callable[[Experiment], results.Intervals | None] = read_intervals,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows of plots/seeds.csv (network x seed) and plots/seed_diffs.csv (pair x metric x seed)
     from the successful ``<prefix>-s<seed>`` experiments; a SweepError if their recipes differ
@@ -292,16 +311,16 @@ def collect_seeds(
     _check_comparable(done)
     rows, pairs = [], []
     for exp in sorted(done, key=lambda e: (_flat(e.params).get(SEED), e.name)):
-        summary, seed = _summary(exp), _flat(exp.params).get(SEED)
-        archs = summary.archs
+        scores, seed = _scores(exp), _flat(exp.params).get(SEED)
+        found, archs = intervals(exp), list(scores)
         for arch in archs:
-            values = {m: summary.architectures[arch].at(m) for m in results.COMPARED}
+            values = {m: scores[arch].at(m) for m in results.COMPARED}
             rows.append({"experiment": exp.name, "seed": seed, "arch": arch, **values})
         for i, a in enumerate(archs):
             for b in archs[i + 1 :]:
                 for m in results.COMPARED:
-                    d = summary.architectures[a].at(m) - summary.architectures[b].at(m)
-                    iv = summary.intervals.difference(a, b, m) if summary.intervals else None
+                    d = scores[a].at(m) - scores[b].at(m)
+                    iv = found.difference(a, b, m) if found else None
                     pairs.append(
                         {"experiment": exp.name, "seed": seed, "a": a, "b": b, "metric": m,
                          "diff": d, "low": iv.low if iv else float("nan"),
@@ -435,7 +454,7 @@ def main() -> None:
     for p in (run_p, cmp_p):
         p.add_argument("--seeds", nargs="+", type=int, default=[0], help="train.seed values")
         p.add_argument("-j", "--jobs", type=int, default=2, help="experiments run at once")
-        p.add_argument("--preset", type=Path, help="dotted-key overrides, e.g. presets/demo.yaml")
+        p.add_argument("--preset", type=Path, help="dotted-key overrides, e.g. presets/real.yaml")
         p.add_argument("-S", "--set", dest="sets", action="append", default=[], metavar="K=V")
         p.add_argument("--dry-run", action="store_true", help="print the dvc commands only")
         p.add_argument("--poll", type=float, default=10.0, help="seconds between status checks")
