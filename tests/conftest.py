@@ -95,7 +95,7 @@ def tiny_params() -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def tiny_preset() -> Callable[..., Path]:
     """``tiny_preset(project, extra)`` writes TINY plus ``extra`` as ``project/tiny.yaml`` and
-    applies it to ``project/params.yaml``, as `make demo` applies presets/demo.yaml."""
+    applies it to ``project/params.yaml``, as `make real` applies presets/real.yaml."""
 
     def write_and_apply(project: Path, extra: Mapping[str, Any] | None = None) -> Path:
         preset = project / "tiny.yaml"
@@ -115,7 +115,7 @@ class TinyTrained:
     model: Path  # models/unet.pt
     metrics: Path  # metrics/train/unet.json
     tracking_uri: str  # the sqlite store of its MLflow run
-    run_id: str  # the run, with the pyfunc logged as "model"
+    run_id: str  # the run, with its logged pyfunc (tracking.served.model_uri)
 
 
 @pytest.fixture(scope="session")

@@ -256,7 +256,7 @@ def test_failure_before_any_run_creates_a_failed_run_with_the_error(store, monke
     ):
         raise ParamsError("params.yaml: train.label_smoothing = 1.5 is invalid")
     run = _only_run(store, "fail")
-    assert run.info.status == "FAILED" and run.info.run_name == "strided"
+    assert run.info.status == "FAILED" and run.info.run_name == "strided-reg-x-s0"
     assert run.data.tags["petseg.error"] == (
         "ParamsError: params.yaml: train.label_smoothing = 1.5 is invalid"
     )
@@ -390,23 +390,31 @@ def test_parallel_sweep_lands_every_run_in_the_one_store(swept, no_tracking_env)
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, check=True
     ).stdout.strip()
+    parents = [r for r in runs if r.data.tags.get("petseg.parent") == "true"]
+    runs = [r for r in runs if r not in parents]
     swept_runs = [r for r in runs if r.data.tags.get("dvc.exp_name") in SWEPT]
     assert sorted((r.data.tags["dvc.exp_name"], r.info.run_name) for r in swept_runs) == sorted(
-        (name, arch) for name in SWEPT for arch in sweep.ARCHS
+        (name, f"{arch}-{name}") for name in SWEPT for arch in sweep.ARCHS
     )
+    # One parent per experiment (named after it) holds its network runs and its report.
+    by_name = {p.info.run_name: p.info.run_id for p in parents}
+    assert set(SWEPT) <= set(by_name)
+    for run in swept_runs:
+        assert run.data.tags["mlflow.parentRunId"] == by_name[run.data.tags["dvc.exp_name"]]
     for run in swept_runs:
         tags = run.data.tags
         assert run.info.status == "FINISHED", (tags["dvc.exp_name"], run.info.run_name)
         assert tags["dvc.baseline"] == head and tags["petseg.group"] == tags["dvc.exp_name"]
-        assert tags["petseg.arch"] == run.info.run_name
+        assert f"{tags['petseg.arch']}-{tags['dvc.exp_name']}" == run.info.run_name
         assert any(k.startswith("system/") for k in run.data.metrics)  # the monitor thread logged
         assert run.data.params["train.seed"] == tags["dvc.exp_name"][-1]
-    unet = next(r for r in swept_runs if r.info.run_name == "unet")
+    unet = next(r for r in swept_runs if r.data.tags["petseg.arch"] == "unet")
     assert served.load_logged_model(unet.info.run_id, project) is not None
 
     # The UI filters documented in the README.
     group = client.search_runs([unet.info.experiment_id], "tags.petseg.group = 'reg-dropout-s1'")
-    assert sorted(r.info.run_name for r in group) == sorted(sweep.ARCHS)
+    archs = sorted(r.data.tags.get("petseg.arch", "(parent)") for r in group)
+    assert archs == sorted(["(parent)", *sweep.ARCHS])
     across = client.search_runs(
         [unet.info.experiment_id], f"tags.petseg.arch = 'unet' and tags.dvc.baseline = '{head}'"
     )
@@ -444,7 +452,7 @@ def test_a_failed_experiment_shows_in_dvc_and_mlflow_while_the_others_complete(s
 
     _, runs = _runs(project)
     failed = [r for r in runs if r.data.tags.get("dvc.exp_name") == BROKEN]
-    assert [(r.info.run_name, r.info.status) for r in failed] == [("strided", "FAILED")]
+    assert [(r.info.run_name, r.info.status) for r in failed] == [(f"strided-{BROKEN}", "FAILED")]
     assert "train.label_smoothing = 1.5 is invalid" in failed[0].data.tags["petseg.error"]
     logs = _dvc("queue", "logs", BROKEN, cwd=project).stdout
     assert "train.label_smoothing = 1.5 is invalid" in logs

@@ -596,5 +596,6 @@ def _record_failure(
     exp_id = _connect(root, params.experiment, wait_s)
     client = mlflow.MlflowClient()
     tags = {**base_tags(run_name, root), ERROR_TAG: error}
-    created = _retry(client.create_run, exp_id, tags=tags, run_name=run_name, wait_s=wait_s)
+    name = display_name(run_name)
+    created = _retry(client.create_run, exp_id, tags=tags, run_name=name, wait_s=wait_s)
     _retry(client.set_terminated, created.info.run_id, status, wait_s=wait_s)
