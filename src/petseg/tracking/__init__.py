@@ -41,6 +41,7 @@ import re
 import sqlite3
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -402,7 +403,9 @@ class Tracker:
 
     def log_dataset(self, name: str, digest: str, path: Path) -> None:
         """The prepared data as the run's training input (MLflow's Datasets column)."""
-        source = resolve_dataset_source(Path(path).resolve().as_uri())
+        with warnings.catch_warnings():  # two registered classes claim file URIs: same one
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(Path(path).resolve().as_uri())
         dataset = MetaDataset(source, name=name, digest=digest)
         with self.guarded():
             self._retry(mlflow.log_input, dataset, context="training")

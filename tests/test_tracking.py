@@ -1,0 +1,160 @@
+"""What the stages log to MLflow, on a sqlite store in a temporary folder: the parent run of a
+pipeline execution, run and model names, the experiment's view, the dataset input, test scores
+onto the run and its logged model, the report into the parent, and the system-metrics pace."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow import MlflowClient
+
+from petseg import tracking
+from petseg.config import TrackingParams
+
+PARAMS = TrackingParams(experiment="t", system_metrics=False)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """An empty project folder whose store the helpers use; no DVC or MLflow variables."""
+    for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME",
+                "DVC_EXP_BASELINE_REV", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):  # fmt: skip
+        monkeypatch.setenv(var, "")  # restored after the test (set_tracking_uri exports it)
+        monkeypatch.delenv(var)
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    import mlflow
+
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def _client(root) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{root / tracking.STORE}")
+
+
+def _runs(root, experiment="t"):
+    client = _client(root)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id])
+
+
+def test_outside_dvc_a_run_is_named_after_its_network_and_has_no_parent(store):
+    tracking.Tracker("t", "unet", store, system_metrics=False).end()
+    (run,) = _runs(store)
+    assert run.info.run_name == "unet" and "mlflow.parentRunId" not in run.data.tags
+    exp = _client(store).get_experiment_by_name("t")
+    assert exp.tags[tracking.KIND_TAG] == "custom_model_development"
+
+
+def test_runs_of_one_experiment_nest_under_one_parent_named_after_it(store, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "lr-low")
+    for arch in ("strided", "unet"):
+        tracking.Tracker("t", arch, store, system_metrics=False).end()
+    runs = _runs(store)
+    parents = [r for r in runs if r.data.tags.get(tracking.PARENT_TAG) == "true"]
+    assert [p.info.run_name for p in parents] == ["lr-low"]
+    assert parents[0].info.status == "FINISHED"
+    children = sorted((r for r in runs if r not in parents), key=lambda r: r.info.run_name)
+    assert [r.info.run_name for r in children] == ["strided-lr-low", "unet-lr-low"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    # Another experiment gets a parent of its own.
+    monkeypatch.setenv("DVC_EXP_NAME", "lr-high")
+    tracking.Tracker("t", "unet", store, system_metrics=False).end()
+    assert len([r for r in _runs(store) if r.data.tags.get(tracking.PARENT_TAG)]) == 2
+
+
+def test_an_existing_experiment_gets_the_model_training_kind(store):
+    client = _client(store)
+    client.create_experiment("t", tags={tracking.KIND_TAG: "genai_development"})
+    tracking.Tracker("t", "unet", store, system_metrics=False).end()
+    assert client.get_experiment_by_name("t").tags[tracking.KIND_TAG] == tracking.KIND
+
+
+def test_the_prepared_data_is_the_runs_training_dataset(store):
+    tracker = tracking.Tracker("t", "unet", store, system_metrics=False)
+    tracker.log_dataset("synthetic-64px", "0123456789abcdef", store / "data/prepared")
+    tracker.end()
+    (run,) = _runs(store)
+    (entry,) = run.inputs.dataset_inputs
+    assert (entry.dataset.name, entry.dataset.digest) == ("synthetic-64px", "0123456789abcdef")
+    assert json.loads(entry.dataset.source)["uri"] == (store / "data/prepared").as_uri()
+    assert {(t.key, t.value) for t in entry.tags} >= {("mlflow.data.context", "training")}
+
+
+def test_test_scores_go_onto_the_run_and_its_logged_model(store):
+    import mlflow
+
+    tracker = tracking.Tracker("t", "unet", store, system_metrics=False)
+    model = mlflow.initialize_logged_model(name="unet", source_run_id=tracker.run_id)
+    tracker.end()
+    other = tracking.Tracker("t", "strided", store, system_metrics=False)
+    other.end()
+    scores = {
+        "unet": (tracker.run_id, {"miou": 0.61, "iou.border": 0.3}),
+        "strided": (other.run_id, {"miou": 0.5, "iou.border": 0.2}),
+        "unpool": ("f" * 32, {"miou": 0.4, "iou.border": 0.1}),  # not in this store: skipped
+    }
+    tracking.record_test_scores(PARAMS, scores)
+    client = _client(store)
+    exp_id = client.get_experiment_by_name("t").experiment_id
+    ranked = client.search_runs([exp_id], order_by=["metrics.`test/miou` DESC"])
+    assert [r.info.run_name for r in ranked] == ["unet", "strided"]
+    assert ranked[0].data.metrics["test/iou_border"] == pytest.approx(0.3)
+    on_model = {m.key: m.value for m in client.get_logged_model(model.model_id).metrics}
+    assert on_model == pytest.approx({"test/miou": 0.61, "test/iou_border": 0.3})
+
+
+def test_nothing_is_logged_or_opened_with_tracking_off(store):
+    off = TrackingParams(enabled=False)
+    tracking.record_test_scores(off, {"unet": ("x", {"miou": 1.0})})
+    assert tracking.publish_report(off, {"report": store}) is None
+    assert not (store / tracking.STORE).exists()
+
+
+def test_the_report_goes_into_the_parent_run_of_the_execution(store, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "lr-low")
+    tracking.Tracker("t", "unet", store, system_metrics=False).end()
+    (store / "report").mkdir()
+    (store / "report/index.html").write_text("<html></html>")
+    (store / "summary.json").write_text("{}")
+    parent = tracking.publish_report(
+        PARAMS, {"report": store / "report", "metrics": store / "summary.json"}
+    )
+    client = _client(store)
+    assert client.get_run(parent).info.run_name == "lr-low"
+    assert {a.path for a in client.list_artifacts(parent)} == {"report", "metrics"}
+    assert [a.path for a in client.list_artifacts(parent, "report")] == ["report/index.html"]
+    # Outside DVC there is no execution to group: nothing is logged.
+    monkeypatch.delenv("DVC_EXP_NAME")
+    assert tracking.publish_report(PARAMS, {"report": store / "report"}) is None
+
+
+@pytest.mark.parametrize(("expected_s", "interval"), [(10.0, 0.5), (600.0, 2.0), (36000.0, 10.0)])
+def test_system_metrics_are_sampled_at_a_pace_that_suits_the_training(
+    store, monkeypatch, expected_s, interval
+):
+    seen = {}
+
+    class Monitor:
+        def __init__(self, run_id, sampling_interval, resume_logging, tracking_uri):
+            seen.update(interval=sampling_interval, resume=resume_logging)
+
+        def start(self):
+            seen["started"] = seen.get("started", 0) + 1
+
+        def finish(self):
+            seen["finished"] = True
+
+    monkeypatch.setattr(tracking, "SystemMetricsMonitor", Monitor)
+    tracker = tracking.Tracker("t", "unet", store, system_metrics=True)
+    tracker.sample_system(expected_s)
+    tracker.sample_system(expected_s / 2)  # once per run: the first pace holds
+    tracker.end()
+    assert seen == {"interval": interval, "resume": False, "started": 1, "finished": True}
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    tracker = tracking.Tracker("t", "unet", store, system_metrics=True)
+    tracker.sample_system(expected_s)
+    tracker.end()
+    assert seen["interval"] == 0.2
