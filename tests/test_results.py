@@ -102,7 +102,8 @@ def test_test_metrics_start_with_what_identifies_them(tmp_path):
     keys = list(json.loads((tmp_path / "unet.json").read_text()))
     assert keys[:3] == ["arch", "image_size", "n_test"]
     assert keys[3:5] == ["pixel_accuracy", "miou"]  # then the scores, in the record's order
-    assert sorted(keys) == sorted(TestMetrics.model_fields.keys() - {"cost"})  # cost: None
+    # cost and mlflow_run_id: None (not timed; trained without MLflow)
+    assert sorted(keys) == sorted(TestMetrics.model_fields.keys() - {"cost", "mlflow_run_id"})
 
 
 def test_plot_table_reads_back_with_its_columns(tmp_path):
@@ -183,3 +184,18 @@ def test_summary_values_best_and_dotted_paths():
     assert SUMMARY.best["train_seconds"] == "strided"  # lower is better
     assert TESTS["unet"].at("original_resolution.miou") == pytest.approx(0.61)
     assert not Interval(low=math.nan, high=0.1).finite
+
+
+def test_headline_holds_the_few_numbers_dvc_shows_and_they_read_back(tmp_path):
+    scores = R.headline(TESTS)
+    assert list(scores) == list(TESTS)
+    for arch, row in scores.items():
+        parsed = R.parse(R.HeadlineRow, row, f"{arch} row")
+        for metric in R.HEADLINE:
+            assert parsed.at(metric) == TESTS[arch].at(metric)
+        leaves = [x for v in row.values() for x in (v.values() if isinstance(v, dict) else [v])]
+        assert len(leaves) == len(R.HEADLINE)  # nothing but the headline: one column each
+        assert all(isinstance(x, int | float) for x in leaves)  # dvc exp show shows numbers
+    bad = {**scores["unet"], "iou": {"border": 0.1, "pet": 0.9}, "hardware": "cpu"}
+    with pytest.raises(DataError, match="hardware not expected"):
+        R.parse(R.HeadlineRow, bad, "unet row")
