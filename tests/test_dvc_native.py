@@ -207,6 +207,20 @@ def test_a_fresh_clone_pulls_everything_runs_nothing_and_stays_clean(project, tm
     assert "up to date" in status.stdout
 
 
+def test_keys_that_cannot_change_an_output_rerun_nothing(project):
+    params = project / "params.yaml"
+    committed = params.read_text()
+    edited = committed.replace("log_model: true", "log_model: false")
+    edited = edited.replace("experiment: petseg", "experiment: elsewhere")
+    assert edited.count("false") > committed.count("false") and "elsewhere" in edited
+    params.write_text(edited)
+    try:
+        status = _run([str(BIN / "dvc"), "status"], project)
+    finally:
+        params.write_text(committed)
+    assert "up to date" in status.stdout, status.stdout
+
+
 def _restored(out: str) -> set[str]:
     return set(re.findall(rf"Stage '(\w+)' {CACHED}", out))
 
