@@ -358,16 +358,15 @@ class Tracker:
                 parent = parent_run(exp_id, root, wait_s)
                 if parent:
                     all_tags["mlflow.parentRunId"] = parent
-            self.name = display_name(run_name)
             self.run = self._retry(
                 mlflow.start_run,
                 run_id=run_id,
                 experiment_id=None if run_id else exp_id,
-                run_name=None if run_id else self.name,
+                run_name=None if run_id else display_name(run_name),
                 tags=all_tags,
                 log_system_metrics=False,  # started by sample_system() once the pace is known
             )
-            self.run_id = self.run.info.run_id
+            self.run_id, self.name = self.run.info.run_id, self.run.info.run_name
             if ERROR_TAG in self.run.data.tags:  # the resumed run failed before: no longer true
                 self._retry(mlflow.MlflowClient().delete_tag, self.run_id, ERROR_TAG)
         started = _STARTED.get()
