@@ -122,6 +122,7 @@ format: install
 
 ## The MLflow UI over the project's store on http://127.0.0.1:5000.
 ui: install
+	@python -c 'from petseg import config, tracking; name = config.load_section("params.yaml", "tracking").experiment; print("open", tracking.ui_url("http://127.0.0.1:5000", name))'
 	mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port 5000
 
 ## Remove the venv, caches and rendered plots (never data, models or the MLflow store).

@@ -115,7 +115,8 @@ def test_nothing_is_logged_or_opened_with_tracking_off(store):
 
 def test_the_report_goes_into_the_parent_run_of_the_execution(store, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "lr-low")
-    tracking.Tracker("t", "unet", store, system_metrics=False).end()
+    unet = tracking.Tracker("t", "unet", store, system_metrics=False)
+    unet.end()
     (store / "report").mkdir()
     (store / "report/index.html").write_text("<html></html>")
     (store / "summary.json").write_text("{}")
@@ -123,7 +124,9 @@ def test_the_report_goes_into_the_parent_run_of_the_execution(store, monkeypatch
         PARAMS, {"report": store / "report", "metrics": store / "summary.json"}
     )
     client = _client(store)
-    assert client.get_run(parent).info.run_name == "lr-low"
+    run = client.get_run(parent)
+    assert run.info.run_name == "lr-low" and run.info.status == "FINISHED"
+    assert run.info.end_time >= client.get_run(unet.run_id).info.end_time  # the whole execution
     assert {a.path for a in client.list_artifacts(parent)} == {"report", "metrics"}
     assert [a.path for a in client.list_artifacts(parent, "report")] == ["report/index.html"]
     # Outside DVC there is no execution to group: nothing is logged.
@@ -158,3 +161,14 @@ def test_system_metrics_are_sampled_at_a_pace_that_suits_the_training(
     tracker.sample_system(expected_s)
     tracker.end()
     assert seen["interval"] == 0.2
+
+
+def test_the_ui_link_opens_the_experiments_runs_in_the_model_training_view(store):
+    base = "http://127.0.0.1:5000"
+    assert tracking.ui_url(base, "t") == base  # no store yet: the UI's home page
+    tracking.Tracker("t", "unet", store, system_metrics=False).end()
+    exp_id = _client(store).get_experiment_by_name("t").experiment_id
+    assert tracking.ui_url(base, "t") == (
+        f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+    )
+    assert tracking.ui_url(base, "other") == base

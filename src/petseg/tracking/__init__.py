@@ -554,7 +554,23 @@ def publish_report(params: TrackingParams, files: Mapping[str, Path]) -> str | N
                 _retry(client.log_artifacts, parent, str(path), folder, wait_s=wait_s)
             elif path.is_file():
                 _retry(client.log_artifact, parent, str(path), folder, wait_s=wait_s)
+        # The report ends the execution: the parent's duration is the pipeline's.
+        _retry(client.set_terminated, parent, "FINISHED", wait_s=wait_s)
     return parent
+
+
+def ui_url(base: str, experiment: str) -> str:
+    """Where to open the MLflow UI: the experiment's runs in the model-training view. MLflow 3's
+    UI starts in its GenAI view until the user switches (a browser setting); the link says
+    which view (``workflowType``). ``base`` alone when the store has no such experiment yet."""
+    uri = tracking_uri(project_root())
+    try:
+        found = mlflow.MlflowClient(uri).get_experiment_by_name(experiment)
+    except Exception:  # no store yet, or one mlflow ui will report itself: just the base URL
+        return base
+    if found is None:
+        return base
+    return f"{base}/#/experiments/{found.experiment_id}/runs?workflowType=machine_learning"
 
 
 @contextlib.contextmanager
