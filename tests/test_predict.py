@@ -76,7 +76,8 @@ def _evaluate(tiny_trained, root: Path, bf16: bool) -> dict:
     paths = EvalPaths(
         prepared=tiny_trained.prepared, raw=tiny_trained.raw,
         models={"unet": tiny_trained.model}, train_metrics={"unet": tiny_trained.metrics},
-        metrics_dir=root / "metrics", summary=root / "summary.json", plots=root / "plots",
+        metrics_dir=root / "metrics", summary=root / "summary.json",
+        scores=root / "scores.json", plots=root / "plots",
         predictions=root / "predictions", coco=root / "coco",
     )  # fmt: skip
     evaluate_all(params, paths)
