@@ -135,6 +135,10 @@ def test_report_and_plots_pages_open_in_chromium_without_errors(project, plots_p
 
     checked = check_page(chromium, plots_page)
     assert checked.problems == []
-    definitions = yaml.safe_load((project / "dvc.yaml").read_text())["plots"]
-    assert checked.charts == sum(isinstance(d, dict) for d in definitions)  # the rest are images
+    pipeline = yaml.safe_load((project / "dvc.yaml").read_text())
+    top = sum(isinstance(d, dict) for d in pipeline["plots"])  # the rest are images
+    # Each stage's own plots: a chart per CSV file (the prediction folder holds images).
+    own = [p if isinstance(p, str) else next(iter(p)) for st in pipeline["stages"].values()
+           for p in st.get("plots", [])]  # fmt: skip
+    assert checked.charts == top + sum(name.endswith(".csv") for name in own)
     assert checked.images == len(list((project / "plots/predictions").glob("*.png")))
