@@ -149,6 +149,8 @@ class TrainMetrics(Record):
     precision: str
     # DDP only: every rank's weight checksum, identical when the replicas stayed in sync.
     weights_checksum_per_rank: list[float] | None = None
+    # models.<arch>.pretrained only: SHA-256 of the weights file the encoder started from.
+    encoder_weights_sha256: str | None = None
 
 
 class Timing(Record):
