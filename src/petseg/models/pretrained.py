@@ -70,15 +70,17 @@ def load_pretrained(
     if params.weights_path is not None:
         key = f"models.{section}.weights_path"
         state, loaded = _from_file(Path(params.weights_path), key, name, weights_dir)
+        where = f"{key} = {params.weights_path}"
     else:
         state, loaded = _from_hub(name, section, weights_dir, progress)
+        where = str(loaded.file)
     try:
         backbone.load_torchvision(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
         first = " ".join(str(exc).split())[:240]
         raise DataError(
-            f"{loaded.file}: not the {name} weights of torchvision's {weights_of(name)} "
-            f"({first}): use the official file {weights_of(name).url}"
+            f"{where}: not the {name} weights of torchvision's {weights_of(name)} ({first}): use "
+            f"the official file {weights_of(name).url}"
         ) from None
     return loaded
 
@@ -114,12 +116,17 @@ def _from_file(
     return state, LoadedWeights(path, sha256_of(path), "weights_path")
 
 
+def hub_file(url: str) -> Path:
+    """Where torch hub keeps the file of ``url``: ``$TORCH_HOME/hub/checkpoints/<its name>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
 def _from_hub(
     name: str, section: str, weights_dir: Path | None, progress: bool
 ) -> tuple[dict[str, Any], LoadedWeights]:
     url = weights_of(name).url
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    file = folder / Path(urlparse(url).path).name
+    file = hub_file(url)
+    folder = file.parent
     source = "torch hub cache" if file.exists() else "download"
     try:
         state = torch.hub.load_state_dict_from_url(
@@ -152,7 +159,7 @@ def _from_hub(
 def _offline(
     name: str, section: str, url: str, file: Path, weights_dir: Path | None, exc: Exception
 ) -> str:
-    local = f"put it in {weights_dir}/ and" if weights_dir else "or"
+    local = f"or put it in {weights_dir}/ and" if weights_dir else "or"
     return (
         f"models.{section}.pretrained: the {name} ImageNet weights are not in torch hub's cache "
         f"and could not be downloaded ({_first_line(exc)}): download {url} ({_size(name)}) and "
