@@ -70,7 +70,8 @@ def test_a_weights_path_must_be_a_file_in_the_weights_folder(
     offline.params({**PRETRAINED, "models.unet.weights_path": where})
     assert_user_error(offline.run("train_unet"), *needles)
     assert_no_partial(offline, "train_unet")
-
+    if where.startswith("weights/"):
+        return
     (offline.root / "weights").mkdir()
     shutil.copy(torch_home / "hub" / "checkpoints" / OFFICIAL, offline.root / "weights" / "w.pth")
     offline.params({**PRETRAINED, "models.unet.weights_path": "weights/w.pth"})
