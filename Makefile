@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Stages in dvc.yaml call `python`: make sure it is the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help install vega-js storage demo real repro sweep compare plots predict test test-fast lint format ui clean
+.PHONY: help install vega-js storage demo real repro sweep compare transfer plots predict test test-fast lint format ui clean
 
 ## Every target with one line (this list).
 help:
@@ -83,6 +83,14 @@ sweep: install
 COMPARE_ARGS ?=
 compare: install
 	python -m petseg.sweep compare --seeds $(SEEDS) -j $(JOBS) $(COMPARE_ARGS)
+	dvc repro
+
+## From scratch vs pretrained (README, Pretrained encoders): the networks of models.unet once per
+## encoder and starting weights (ImageNet or random), queued DVC experiments, collected into
+## plots/transfer.csv, then the report's section. e.g. make transfer TRANSFER_ARGS="--inits random"
+TRANSFER_ARGS ?=
+transfer: install
+	python -m petseg.sweep transfer --seeds $(SEEDS) -j $(JOBS) $(TRANSFER_ARGS)
 	dvc repro
 
 ## The DVC plots as a page that works offline: .dvc/plots/offline.html loads the scripts from js/.

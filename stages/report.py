@@ -22,6 +22,7 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=Path, help="make compare: plots/seeds.csv")
     parser.add_argument("--seed-diffs", type=Path, help="make compare: plots/seed_diffs.csv")
+    parser.add_argument("--transfer", type=Path, help="make transfer: plots/transfer.csv")
     parser.add_argument("--out", type=Path, required=True, help="report folder (replaced)")
     args = parser.parse_args()
 
@@ -38,6 +39,7 @@ def main() -> None:
             experiments=args.experiments,
             seeds=args.seeds,
             seed_diffs=args.seed_diffs,
+            transfer=args.transfer,
             params=args.params,
         ),
         data=config.load_section(args.params, "data"),

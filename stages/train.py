@@ -17,6 +17,9 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--plot", type=Path, required=True)
     parser.add_argument("--checkpoints", type=Path, required=True)
+    parser.add_argument(
+        "--weights-dir", type=Path, help="where models.<arch>.weights_path must lie (a DVC dep)"
+    )
     args = parser.parse_args()
 
     # Alone first: any failure from here on (an invalid param included) shows in MLflow.
@@ -28,7 +31,14 @@ def main() -> None:
             config.load_section(args.params, "train"),
             models.of(args.arch),
             track,
-            TrainPaths(args.prepared, args.model, args.metrics, args.plot, args.checkpoints),
+            TrainPaths(
+                args.prepared,
+                args.model,
+                args.metrics,
+                args.plot,
+                args.checkpoints,
+                args.weights_dir,
+            ),  # fmt: skip
             data_source=config.load_section(args.params, "data").source,
         )
     print(

@@ -147,3 +147,26 @@ def tiny_trained(tmp_path_factory) -> TinyTrained:
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     return TinyTrained(raw, prepared, paths.model, paths.metrics, uri, run.info.run_id)
+
+
+@pytest.fixture(scope="session")
+def torch_home(tmp_path_factory) -> Path:
+    """A TORCH_HOME whose hub cache holds a stand-in for every backbone's official weights file,
+    under its official name (e.g. hub/checkpoints/resnet18-f37072fd.pth): torchvision's network
+    with seeded random weights, since the real files cannot be downloaded here. Their SHA-256
+    does not start with the hash in the name, which torch hub checks only when it downloads
+    (petseg records the hash and warns). Read-only: copy it to change it."""
+    import torch
+
+    from petseg.models.encoders import BACKBONES, weights_of
+    from petseg.models.pretrained import hub_file
+
+    home = tmp_path_factory.mktemp("torch-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(home))
+        for i, (name, spec) in enumerate(BACKBONES.items()):
+            torch.manual_seed(100 + i)
+            file = hub_file(weights_of(name).url)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(spec.build(weights=None).state_dict(), file)
+    return home

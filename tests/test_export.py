@@ -21,13 +21,16 @@ onnx = pytest.importorskip("onnx", reason="onnx is a dependency: pip install -e 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _untrained(arch: str, root: Path) -> Path:
+def _untrained(arch: str, root: Path, encoder: str = "scratch") -> Path:
     """A model file of ``arch`` at depth 3, with BatchNorm statistics that are not the identity."""
-    params = ModelsParams.model_validate({ARCH_SECTIONS[arch]: {"depth": 3, "base_width": 8}})
+    section = {"depth": 3, "base_width": 8, "encoder": encoder}
+    params = ModelsParams.model_validate({ARCH_SECTIONS[arch]: section})
     torch.manual_seed(0)
     model = build_model(arch, params)
     with torch.no_grad():
         model(torch.randn(4, 3, 48, 48) * 2 + 1)  # train mode: the running statistics move
+        if encoder != "scratch":  # weights normalised otherwise than the pipeline: in the graph
+            model.backbone().input_shift.fill_(0.3)
     path = root / f"{arch}.pt"
     save_model(path, arch, params.of(arch), 48, model.state_dict())
     return path
@@ -68,6 +71,14 @@ def test_onnx_matches_pytorch_for_every_architecture(arch, tmp_path):
     path = _untrained(arch, tmp_path)
     export_onnx(path, tmp_path / f"{arch}.onnx")
     _check_parity(path, tmp_path / f"{arch}.onnx", [(48, 48), (40, 72)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoder", ["resnet18", "resnet34", "mobilenet_v3_large"])
+def test_onnx_matches_pytorch_for_every_backbone(encoder, tmp_path):
+    path = _untrained("unet", tmp_path, encoder)
+    export_onnx(path, tmp_path / "unet.onnx")
+    _check_parity(path, tmp_path / "unet.onnx", [(48, 48), (40, 72)])
 
 
 def test_export_of_a_missing_model_is_one_line_and_writes_nothing(tmp_path):

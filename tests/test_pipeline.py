@@ -142,3 +142,31 @@ def test_report_and_plots_pages_open_in_chromium_without_errors(project, plots_p
            for p in st.get("plots", [])]  # fmt: skip
     assert checked.charts == top + sum(name.endswith(".csv") for name in own)
     assert checked.images == len(list((project / "plots/predictions").glob("*.png")))
+
+
+@pytest.mark.slow
+def test_a_pretrained_encoder_experiment_retrains_only_the_unets(
+    project, first_repro, torch_home, monkeypatch
+):
+    """The issue's command, with the stand-in weights of the torch_home fixture as the cache."""
+    import hashlib
+
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    exp = _run(
+        [sys.executable, "-m", "dvc", "exp", "run", "-S", "models.unet.encoder=resnet18",
+         "-S", "models.unet.pretrained=true"],
+        project,
+    )  # fmt: skip
+    ran = set(re.findall(r"Running stage '(\w+)'", exp.stdout))
+    assert ran == {"train_unet", "train_unet_noskip", "evaluate", "report"}
+    weights = torch_home / "hub/checkpoints/resnet18-f37072fd.pth"
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    for arch in ("unet", "unet_noskip"):
+        metrics = json.loads((project / f"metrics/train/{arch}.json").read_text())
+        assert metrics["encoder_weights_sha256"] == sha
+    assert "encoder_weights_sha256" not in (project / "metrics/train/strided.json").read_text()
+    report = (project / "report/README.md").read_text()
+    section = report.split("## From scratch vs pretrained\n", 1)[1]
+    assert "| dvc repro | unet | resnet18 | ImageNet | 1 |" in section
+    assert "| dvc repro | strided | scratch | random (own encoder) | 1 |" in section
+    assert "No network here started from pretrained weights" not in section

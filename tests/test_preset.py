@@ -87,3 +87,18 @@ def test_exp_run_args_validate_before_anything_runs(params, tmp_path):
     bad.write_text("train.epochz: 3\n")
     with pytest.raises(ParamsError, match="no key train.epochz"):
         exp_run_args(bad, params)
+
+
+@pytest.mark.parametrize("first", [None, "presets/real.yaml"])
+def test_transfer_preset_puts_the_unet_on_a_pretrained_resnet34(params, first):
+    from petseg import config
+
+    if first:
+        apply_preset(ROOT / first, params)
+    changed = apply_preset(ROOT / "presets/transfer.yaml", params)
+    assert "models.unet.encoder" in changed
+    loaded = config.load(params)
+    unet = loaded.models.unet
+    assert (unet.encoder, unet.pretrained, unet.depth) == ("resnet34", True, 5)
+    assert (loaded.models.strided.encoder, loaded.models.unpool.encoder) == ("scratch", "scratch")
+    assert loaded.train.freeze_encoder_epochs == 2 and loaded.train.encoder_lr_mult == 0.1

@@ -1003,3 +1003,90 @@ def test_collapsed_networks_are_left_out_of_the_ranking():
     text = " ".join(facts)
     assert "No ranking: strided, unpool, unet and unet_noskip collapsed to one class" in text
     assert "is the best architecture" not in text and "the most accurate" not in text
+
+
+# ---------------------------------------------------------------------- from scratch vs pretrained
+def _transfer_row(arch, encoder, pretrained, seed, miou, *, seconds=100.0, params=2_000_000):
+    """One row of plots/transfer.csv (make transfer), 5 epochs."""
+    return {"experiment": f"tl-{encoder}-s{seed}", "arch": arch, "encoder": encoder,
+            "pretrained": pretrained, "seed": seed, "epochs": 5, "params": params,
+            "gflops_per_image": 1.5, "train_seconds": seconds, "miou": miou,
+            "binary_pet_iou": miou + 0.1, "iou_border": miou - 0.3,
+            "boundary_iou": miou - 0.2}  # fmt: skip
+
+
+def test_no_backbone_anywhere_leaves_the_section_out(strided_report):
+    _, html, markdown = strided_report
+    for text in (html, markdown):
+        assert "From scratch vs pretrained" not in text
+    assert "transfer" not in Tables(html).tables
+
+
+def test_transfer_experiments_are_set_side_by_side_with_cost_and_scores(tmp_path):
+    paths = write_outputs(tmp_path, STRIDED_WINS)
+    rows = [
+        _transfer_row("unet", "scratch", False, 0, 0.60, params=1_000_000),
+        _transfer_row("unet", "resnet34", True, 0, 0.80, seconds=200.0, params=24_000_000),
+        _transfer_row("unet", "resnet34", True, 1, 0.84, seconds=300.0, params=24_000_000),
+        _transfer_row("unet", "resnet34", False, 0, 0.62, seconds=200.0, params=24_000_000),
+    ]
+    transfer = tmp_path / "plots/transfer.csv"
+    R.write_csv(transfer, R.TRANSFER_COLUMNS, rows)
+    paths = dataclasses.replace(paths, transfer=transfer)
+    html = build_report(paths, **PARAMS).read_text(encoding="utf-8")
+    table = [[c for c, _ in r] for r in Tables(html).tables["transfer"]]
+    assert table[0][:5] == ["From", "Network", "Encoder", "Weights", "Runs"]
+    assert table[1:] == [
+        ["make transfer", "unet", "scratch", "random (own encoder)", "1", "1.00", "1.500", "100",
+         "20.00", "0.6000", "0.7000", "0.3000", "0.4000"],
+        ["make transfer", "unet", "resnet34", "ImageNet", "2", "24.00", "1.500", "250", "50.00",
+         "0.8200", "0.9200", "0.5200", "0.6200"],
+        ["make transfer", "unet", "resnet34", "random", "1", "24.00", "1.500", "200", "40.00",
+         "0.6200", "0.7200", "0.3200", "0.4200"],
+    ]  # fmt: skip
+    findings = [s for s in Tables(html).items if s.startswith("unet on resnet34")]
+    assert findings[0].startswith(
+        "unet on resnet34 (make transfer): ImageNet weights vs random ones: mIoU 0.8200 vs "
+        "0.6200 (+20.00 points), binary pet IoU 0.9200 vs 0.7200 (+20.00 points); 24.00 M vs "
+        "24.00 M parameters"
+    )
+    assert (
+        "ImageNet weights vs its own encoder: mIoU 0.8200 vs 0.6000 (+22.00 points)"
+        in (findings[1])
+    )
+    markdown = markdown_section((paths.out / "README.md").read_text(), "From scratch vs pretrained")
+    assert "| make transfer | unet | resnet34 | ImageNet | 2 | 24.00 |" in markdown
+    assert "No network here started from pretrained weights" not in markdown
+    nb = (paths.out / "report.ipynb").read_text(encoding="utf-8")
+    assert "## From scratch vs pretrained" in nb and "show(report.transfer" in nb
+
+
+def test_a_backbone_in_this_reports_own_networks_brings_the_section(tmp_path):
+    paths = write_outputs(tmp_path, STRIDED_WINS)
+    models = ModelsParams.model_validate({"unet": {"encoder": "resnet18"}})
+    html = build_report(paths, **{**PARAMS, "models": models}).read_text(encoding="utf-8")
+    table = [[c for c, _ in r] for r in Tables(html).tables["transfer"]]
+    assert [r[:4] for r in table[1:]] == [
+        ["dvc repro", "strided", "scratch", "random (own encoder)"],
+        ["dvc repro", "unpool", "scratch", "random (own encoder)"],
+        ["dvc repro", "unet", "resnet18", "random"],
+    ]
+    assert table[3][9] == f"{STRIDED_WINS['unet']['miou']:.4f}"
+    items = Tables(html).items
+    assert any(s.startswith("No network here started from pretrained weights") for s in items)
+    setup = as_dicts([["k", "v"], *([c for c, _ in r] for r in Tables(html).tables["setup"])])
+    assert (
+        "unet: depth 4, base width 32, dropout 0, plain blocks, encoder resnet18 (random "
+        in (setup["Models"]["v"])
+    )
+
+
+def test_transfer_csv_without_required_columns_is_an_error(tmp_path):
+    paths = write_outputs(tmp_path, STRIDED_WINS)
+    transfer = tmp_path / "plots/transfer.csv"
+    transfer.write_text("experiment,arch,miou\ntl-x,unet,0.5\n")
+    with pytest.raises(DataError, match=r"transfer\.csv lacks the columns encoder, pretrained"):
+        build_report(dataclasses.replace(paths, transfer=transfer), **PARAMS)
+    transfer.write_text(",".join(R.TRANSFER_COLUMNS) + "\n")  # as committed: no section
+    html = build_report(dataclasses.replace(paths, transfer=transfer), **PARAMS).read_text()
+    assert "From scratch vs pretrained" not in html

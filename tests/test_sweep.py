@@ -24,10 +24,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
-from petseg import config, sweep, tracking
+from petseg import CLASSES, config, sweep, tracking
 from petseg import results as R
 from petseg.errors import DataError, ParamsError
-from petseg.results import Intervals
+from petseg.results import ArchSummary, Intervals, Summary
 from petseg.tracking import served
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -578,3 +578,79 @@ def test_compare_over_two_seeds_fills_the_across_seeds_section(swept):
     section = section.split("\n## ", 1)[0]
     assert "Across 2 training seeds (0, 1)" in section and " ± " in section
     assert "Do skip connections matter? Across seeds" in section
+
+
+# ------------------------------------------------------------------------- transfer learning
+def test_transfer_plans_the_own_encoder_once_and_each_backbone_with_both_starts():
+    variants = sweep.transfer_variants(config.ENCODERS, list(sweep.INITS))
+    assert variants == [
+        ("scratch", "random"),
+        ("resnet18", "imagenet"), ("resnet18", "random"),
+        ("resnet34", "imagenet"), ("resnet34", "random"),
+        ("mobilenet_v3_large", "imagenet"), ("mobilenet_v3_large", "random"),
+    ]  # fmt: skip
+    planned = sweep.plan_transfer("unet", variants[:3], [0], {"train.epochs": 2}, PARAMS)
+    assert [p.name for p in planned] == [
+        "tl-scratch-random-s0", "tl-resnet18-imagenet-s0", "tl-resnet18-random-s0",
+    ]  # fmt: skip
+    assert planned[1].sets == {
+        "train.epochs": 2, "models.unet.encoder": "resnet18", "models.unet.pretrained": True,
+        "train.seed": 0,
+    }  # fmt: skip
+    with pytest.raises(ParamsError, match="backbones fit strided, unet"):
+        sweep.plan_transfer("unpool", variants, [0], {}, PARAMS)
+    with pytest.raises(ParamsError, match=r"models\.unet\.weights_path: set by the transfer grid"):
+        sweep.plan_transfer("unet", variants, [0], {"models.unet.weights_path": "w.pth"}, PARAMS)
+    with pytest.raises(ParamsError, match=r"models\.unet\.depth = 6 .*at most 5 with encoder"):
+        sweep.plan_transfer(
+            "unet", variants[1:2], [0], {"models.unet.depth": 6, "preprocess.image_size": 128},
+            PARAMS,
+        )  # fmt: skip
+
+
+# Each transfer experiment's metrics/summary.json (read from the DVC cache in a real run).
+SUMMARIES: dict[str, Summary] = {}
+
+
+def _summary_row(miou: float) -> ArchSummary:
+    return ArchSummary(
+        miou=miou, pixel_accuracy=0.9, mean_dice=0.8, binary_pet_iou=0.7,
+        iou=dict.fromkeys(CLASSES, miou), train_seconds=10.0, inference_images_per_s=50.0,
+        params=1000, gflops_per_image=0.1, boundary_iou=miou / 2, best_epoch=2, epochs=3,
+        predicted={"pet": 0.3, "background": 0.6, "border": 0.1},
+    )  # fmt: skip
+
+
+def _tl(name: str, encoder: str, pretrained: bool, miou: float, **sets) -> dict:
+    grid = {"models.unet.encoder": encoder, "models.unet.pretrained": pretrained}
+    rows = {a: _summary_row(miou + i / 100) for i, a in enumerate(sweep.ARCHS)}
+    SUMMARIES[name] = Summary(architectures=rows, best={})
+    exp = _exp(name, "success", miou)
+    exp["revs"][0]["data"]["params"]["params.yaml"]["data"] = sweep._with(PARAMS, {**grid, **sets})
+    return exp
+
+
+def test_collect_transfer_takes_the_swept_networks_with_their_encoder_and_weights():
+    show = _show(
+        _tl("tl-resnet18-random-s0", "resnet18", False, 0.50),
+        _tl("tl-resnet18-imagenet-s0", "resnet18", True, 0.70),
+        _tl("tl-scratch-random-s0", "scratch", False, 0.40),
+        _exp("reg-baseline-s0", "success", 0.3),
+    )
+    rows = sweep.collect_transfer(
+        sweep.parse_exp_show(show), "unet", summary=lambda e: SUMMARIES[e.name]
+    )
+    assert [(r["arch"], r["encoder"], r["pretrained"]) for r in rows] == [
+        ("unet", "scratch", False), ("unet", "resnet18", False), ("unet", "resnet18", True),
+        ("unet_noskip", "scratch", False), ("unet_noskip", "resnet18", False),
+        ("unet_noskip", "resnet18", True),
+    ]  # fmt: skip
+    assert set(rows[0]) == set(R.TRANSFER_COLUMNS)
+    assert [r["miou"] for r in rows[:3]] == pytest.approx([0.42, 0.52, 0.72])
+    assert rows[0]["iou_border"] == pytest.approx(0.42) and rows[0]["params"] == 1000
+    stale = _tl("tl-resnet34-random-s0", "resnet34", False, 0.5, **{"train.lr": 0.1})
+    with pytest.raises(sweep.SweepError, match=r"train\.lr = 0\.1 vs .*dvc exp remove"):
+        sweep.collect_transfer(
+            sweep.parse_exp_show(_show(*show[1]["experiments"], stale)), "unet",
+            summary=lambda e: SUMMARIES[e.name],
+        )  # fmt: skip

@@ -20,6 +20,7 @@ import yaml
 from conftest import tiny_section
 
 from petseg import config
+from petseg.config import ENCODERS as ENCODER_NAMES
 from petseg.config import ModelsParams, SyntheticParams, TrackingParams, TrainParams
 from petseg.data.prepared import load_split
 from petseg.data.preprocess import preprocess
@@ -155,11 +156,19 @@ def _stage_cmd(arch: str, work: Path, prepared: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _workdir(tmp_path: Path, name: str, train_over: dict) -> Path:
+# Every encoder of models.unet: its own, and each backbone from (stand-ins for) its pretrained
+# weights in the torch_home fixture, frozen for the first epoch (train.freeze_encoder_epochs).
+ENCODERS = {
+    "scratch": {},
+    **{e: {"encoder": e, "pretrained": True} for e in ENCODER_NAMES[1:]},
+}
+
+
+def _workdir(tmp_path: Path, name: str, train_over: dict, unet_over: dict | None = None) -> Path:
     work = tmp_path / name
     work.mkdir()
     params = {
-        "models": {"unet": {"depth": 2, "base_width": 16}},
+        "models": {"unet": {"depth": 2, "base_width": 16, **(unet_over or {})}},
         "train": {**TINY_TRAIN, **train_over},
         "tracking": {"experiment": "resume", "system_metrics": False, "log_model": False},
     }
@@ -167,9 +176,11 @@ def _workdir(tmp_path: Path, name: str, train_over: dict) -> Path:
     return work
 
 
-def _env() -> dict[str, str]:
+def _env(torch_home: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)  # each work dir gets its own sqlite store
+    if torch_home is not None:
+        env["TORCH_HOME"] = str(torch_home)
     return env
 
 
@@ -185,15 +196,19 @@ TIMING_KEYS = {"train_seconds", "train_images_per_s"}
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_to_the_same_result(prepared, tmp_path):
-    # With a weight average: its state must survive the kill too.
-    over = {"epochs": 3, "augment": {"rotate": 15.0}, "ema_epochs": 1.0}
-    full = _workdir(tmp_path, "full", over)
-    subprocess.run(_stage_cmd("unet", full, prepared), cwd=full, env=_env(), check=True)
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_killed_training_resumes_to_the_same_result(prepared, tmp_path, torch_home, encoder):
+    # With a weight average: its state must survive the kill too; a pretrained encoder is frozen
+    # in epoch 1, so the resumed run crosses the end of the frozen epochs.
+    over = {"epochs": 3, "augment": {"rotate": 15.0}, "ema_epochs": 1.0,
+            "freeze_encoder_epochs": 1, "encoder_lr_mult": 0.1}  # fmt: skip
+    env = _env(torch_home)
+    full = _workdir(tmp_path, "full", over, ENCODERS[encoder])
+    subprocess.run(_stage_cmd("unet", full, prepared), cwd=full, env=env, check=True)
 
-    cut = _workdir(tmp_path, "cut", over)
+    cut = _workdir(tmp_path, "cut", over, ENCODERS[encoder])
     proc = subprocess.Popen(
-        _stage_cmd("unet", cut, prepared), cwd=cut, env=_env(), stderr=subprocess.DEVNULL
+        _stage_cmd("unet", cut, prepared), cwd=cut, env=env, stderr=subprocess.DEVNULL
     )
     ckpt = cut / "ckpt" / "last.pt"
     while not ckpt.exists():
@@ -204,7 +219,7 @@ def test_killed_training_resumes_to_the_same_result(prepared, tmp_path):
     assert not (cut / "metrics.json").exists(), "training finished before it could be killed"
     assert torch.load(ckpt, weights_only=True)["epoch"] < 3
 
-    subprocess.run(_stage_cmd("unet", cut, prepared), cwd=cut, env=_env(), check=True)
+    subprocess.run(_stage_cmd("unet", cut, prepared), cwd=cut, env=env, check=True)
     a = json.loads((full / "metrics.json").read_text())
     b = json.loads((cut / "metrics.json").read_text())
     assert {k: v for k, v in a.items() if k not in TIMING_KEYS} == {
@@ -220,16 +235,21 @@ def test_killed_training_resumes_to_the_same_result(prepared, tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_stay_in_sync_and_reduce_metrics(prepared, tmp_path):
-    work = _workdir(tmp_path, "ddp", {"epochs": 1, "batch_size": 4, "device": "cpu"})  # gloo
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_ddp_two_processes_stay_in_sync_and_reduce_metrics(prepared, tmp_path, torch_home, encoder):
+    # A pretrained encoder is frozen in epoch 1 and trained in epoch 2: DDP must then reduce its
+    # gradients too, or the replicas drift apart.
+    over = {"epochs": 2, "batch_size": 4, "device": "cpu", "freeze_encoder_epochs": 1}  # gloo
+    work = _workdir(tmp_path, "ddp", over, ENCODERS[encoder])
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
         *_stage_cmd("unet", work, prepared)[1:],
     ]  # fmt: skip
-    subprocess.run(cmd, cwd=work, env=_env(), check=True, timeout=300)
+    subprocess.run(cmd, cwd=work, env=_env(torch_home), check=True, timeout=300)
     result = json.loads((work / "metrics.json").read_text())
     assert result["world_size"] == 2
+    assert ("encoder_weights_sha256" in result) == (encoder != "scratch")
     sums = result["weights_checksum_per_rank"]
     assert len(sums) == 2 and sums[0] == sums[1]
     # Rank 0's validation metrics cover the whole val split (both ranks' shards, summed).
@@ -240,7 +260,7 @@ def test_ddp_two_processes_stay_in_sync_and_reduce_metrics(prepared, tmp_path):
         model, torch.from_numpy(val.images), torch.from_numpy(val.masks),
         torch.arange(len(val)), Feed(torch.device("cpu"), True), 4, 3, None, bf16,
     )  # fmt: skip
-    row = _read_csv(work / "plot.csv")[0]
+    row = _read_csv(work / "plot.csv")[result["best_epoch"] - 1]  # the saved epoch's
     assert n == len(val)
     assert float(row["val_miou"]) == pytest.approx(mean_iou(cm), rel=1e-5)
     _, runs = _runs(work)

@@ -240,6 +240,20 @@ class TrainParams(_Section):
     )
     channels_last: bool = True
     augment: AugmentParams = AugmentParams()
+    freeze_encoder_epochs: int = Field(
+        default=0,
+        ge=0,
+        le=10_000,
+        description="Fine-tuning: a pretrained encoder (models.<arch>.pretrained) is frozen, its "
+        "BatchNorm statistics too, for this many first epochs while the rest trains; 0 = never",
+    )
+    encoder_lr_mult: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Fine-tuning: a pretrained encoder's learning rate is lr times this, at every "
+        "step of the schedule (a smaller rate keeps more of what it learned); 1 = the same",
+    )
 
     @model_validator(mode="after")
     def _weights(self) -> TrainParams:
@@ -247,6 +261,17 @@ class TrainParams(_Section):
         if w is not None and (len(w) != 3 or any(x <= 0 for x in w)):
             raise _KeyError(
                 "class_weights", w, "null or three positive numbers (pet, background, border)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _freeze_within_training(self) -> TrainParams:
+        if self.freeze_encoder_epochs > self.epochs:
+            raise _KeyError(
+                "freeze_encoder_epochs",
+                self.freeze_encoder_epochs,
+                f"at most train.epochs ({self.epochs}): the encoder is frozen for the first N "
+                "epochs of the training",
             )
         return self
 
@@ -273,6 +298,20 @@ class TrackingParams(_Section):
 
 
 # ------------------------------------------------------------------------------------- models
+# The encoders a network can be built on: its own (scratch) or a torchvision backbone
+# (petseg.models.encoders), and the architectures that take a backbone. unpool cannot: it
+# upsamples with the indices of its encoder's max-poolings, which a backbone does not have.
+ENCODERS = ("scratch", "resnet18", "resnet34", "mobilenet_v3_large")
+Encoder = Literal["scratch", "resnet18", "resnet34", "mobilenet_v3_large"]
+BACKBONE_SECTIONS = ("strided", "unet")
+WEIGHT_SOURCE = ("pretrained", "weights_path")  # the keys of models.<arch> training alone reads
+BACKBONE_DEPTH = 5  # every backbone has five stages, the last at 1/32 of the input
+COMBINATIONS = (
+    f"{' and '.join(f'models.{s}' for s in BACKBONE_SECTIONS)} (unet also configures "
+    f"unet_noskip) take encoder {', '.join(ENCODERS)}; models.unpool takes scratch only"
+)
+
+
 class ArchParams(_Section):
     """Shared by the architectures; equal defaults keep the comparison fair."""
 
@@ -299,6 +338,45 @@ class ArchParams(_Section):
         description="Width reduction inside each block; 1 = off; b > 1 = ResNet bottleneck: "
         "1x1 conv down to channels // b, one 3x3 (separable if block is), 1x1 conv back up",
     )
+    encoder: Encoder = Field(
+        default="scratch",
+        description="scratch = the network's own encoder; or a torchvision backbone whose first "
+        "depth (at most 5) stages replace it, their outputs the skips (" + COMBINATIONS + ")",
+    )
+    pretrained: bool = Field(
+        default=False,
+        description="Start the backbone from its ImageNet weights (torchvision's weights enum: "
+        "torch hub's cache, or weights_path); false = random initialisation",
+    )
+    weights_path: str | None = Field(
+        default=None,
+        description="A local copy of the backbone's official weights file (relative to the "
+        "repository root) instead of torch hub's cache; only with pretrained: true",
+    )
+
+    @model_validator(mode="after")
+    def _encoder_settings(self) -> ArchParams:
+        if self.pretrained and self.encoder == "scratch":
+            raise _KeyError(
+                "pretrained",
+                True,
+                "false with encoder scratch (there are no weights to start from): set encoder "
+                f"to one of {', '.join(ENCODERS[1:])}, or pretrained to false",
+            )
+        if self.weights_path is not None and not self.pretrained:
+            raise _KeyError(
+                "weights_path",
+                self.weights_path,
+                "null unless pretrained is true (the weights would be ignored)",
+            )
+        if self.encoder != "scratch" and self.depth > BACKBONE_DEPTH:
+            raise _KeyError(
+                "depth",
+                self.depth,
+                f"at most {BACKBONE_DEPTH} with encoder {self.encoder} (it has "
+                f"{BACKBONE_DEPTH} stages, the last at 1/{2**BACKBONE_DEPTH} of the input)",
+            )
+        return self
 
 
 class UnpoolParams(ArchParams):
@@ -306,6 +384,17 @@ class UnpoolParams(ArchParams):
         default="indices",
         description="MaxUnpool2d with the encoder's pooling indices, or nearest-neighbour",
     )
+
+    @model_validator(mode="after")
+    def _own_encoder(self) -> UnpoolParams:
+        if self.encoder != "scratch":
+            raise _KeyError(
+                "encoder",
+                self.encoder,
+                "scratch: unpool upsamples with the pooling indices of its own max-pooling "
+                f"encoder, which a backbone does not have; {COMBINATIONS}",
+            )
+        return self
 
 
 # Every architecture -> the models.<section> that configures it. The skip ablation is configured

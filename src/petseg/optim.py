@@ -1,5 +1,5 @@
-"""The optimisation recipe's parts: AdamW parameter groups, the learning-rate schedule and the
-exponential moving average of the weights."""
+"""The optimisation recipe's parts: AdamW parameter groups (a pretrained encoder's at its own
+learning rate), the learning-rate schedule and the exponential moving average of the weights."""
 
 from __future__ import annotations
 
@@ -12,29 +12,49 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from petseg.config import TrainParams
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases and normalisation weights (decaying them only hurts)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    encoder: nn.Module | None = None,
+    encoder_lr: float | None = None,
+) -> list[dict[str, Any]]:
+    """No weight decay on biases and normalisation weights (decaying them only hurts). The
+    parameters of ``encoder`` (a pretrained one) get two groups of their own at ``encoder_lr``,
+    after the network's two, which take the optimizer's learning rate."""
+    mine = {id(p) for p in encoder.parameters()} if encoder is not None else set()
+    parts = [("network", [p for p in model.parameters() if id(p) not in mine], {})]
+    if encoder is not None:
+        parts.append(("encoder", list(encoder.parameters()), {"lr": encoder_lr}))
+    groups = []
+    for name, members, lr in parts:
+        decay = [p for p in members if p.ndim > 1]
+        no_decay = [p for p in members if p.ndim <= 1]
+        groups += [
+            {"params": decay, "weight_decay": weight_decay, "name": name, **lr},
+            {"params": no_decay, "weight_decay": 0.0, "name": name, **lr},
+        ]
+    return groups
 
 
-def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups(model, params.weight_decay), lr=params.lr)
+def make_optimizer(
+    model: nn.Module, params: TrainParams, encoder: nn.Module | None = None
+) -> torch.optim.Optimizer:
+    """AdamW at ``train.lr``; ``encoder`` (a pretrained one) at ``lr x train.encoder_lr_mult``."""
+    encoder_lr = params.lr * params.encoder_lr_mult
+    return torch.optim.AdamW(
+        param_groups(model, params.weight_decay, encoder, encoder_lr), lr=params.lr
+    )
 
 
 def make_scheduler(
     optimizer: torch.optim.Optimizer, params: TrainParams, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """``train.schedule``, stepped once per optimizer step."""
+    """``train.schedule``, stepped once per optimizer step; each parameter group follows it from
+    its own learning rate (a pretrained encoder's stays ``train.encoder_lr_mult`` x the rest)."""
     if params.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
-            max_lr=params.lr,
+            max_lr=[group["lr"] for group in optimizer.param_groups],
             total_steps=total_steps,
             pct_start=max(params.warmup_fraction, 1e-6),
             anneal_strategy="cos",

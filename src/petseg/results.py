@@ -91,6 +91,12 @@ RUNTIME_COLUMNS = (
 # differences per seed with their paired bootstrap interval over the test images (NaN: none).
 SEEDS_COLUMNS = ("experiment", "seed", "arch", *COMPARED)
 SEED_DIFFS_COLUMNS = ("experiment", "seed", "a", "b", "metric", "diff", "low", "high")
+# make transfer (petseg.sweep transfer): each network of the swept models.<section> per encoder,
+# starting weights (pretrained: ImageNet, else random) and seed: its cost and its test scores.
+TRANSFER_COLUMNS = (
+    "experiment", "arch", "encoder", "pretrained", "seed", "epochs", "params",
+    "gflops_per_image", "train_seconds", "miou", "binary_pet_iou", "iou_border", "boundary_iou",
+)  # fmt: skip
 PER_IMAGE_INDEX = "image"  # per_image.csv: this column, then one mIoU column per architecture
 # examples.csv: the test image each prediction grid shows (file: its name in plots/predictions;
 # kind: fixed or hardest; rank: 1-based within the kind).
@@ -158,6 +164,8 @@ class TrainMetrics(Record):
     precision: str
     # DDP only: every rank's weight checksum, identical when the replicas stayed in sync.
     weights_checksum_per_rank: list[float] | None = None
+    # models.<arch>.pretrained only: SHA-256 of the weights file the encoder started from.
+    encoder_weights_sha256: str | None = None
 
 
 class Timing(Record):

@@ -12,6 +12,12 @@ label smoothing); each single variant turns one regularizer on relative to it an
 all four. Every other param is the workspace's ``params.yaml`` (plus the preset and ``-S``), the
 same for every variant, and the sweep refuses to collect experiments whose recipes differ.
 
+``python -m petseg.sweep transfer --section unet`` (what ``make transfer`` runs) trains the
+networks of ``models.<section>`` once per encoder (``scratch`` and each torchvision backbone) and
+starting weights (``imagenet``: ``pretrained: true``; ``random``), as experiments
+``tl-<encoder>-<init>-s<seed>``, collected into ``plots/transfer.csv`` (cost and test scores side
+by side) for the report's "From scratch vs pretrained" section.
+
 ``python -m petseg.sweep compare --seeds 0 1 2`` (what ``make compare`` runs) is the same machinery
 for the headline comparison: one experiment ``cmp-s<seed>`` per training seed with params.yaml's
 recipe as it is, collected into ``plots/seeds.csv`` (each network's scores per seed) and
@@ -285,9 +291,9 @@ def _scores(exp: Experiment) -> dict[str, results.HeadlineRow]:
     }
 
 
-def read_intervals(exp: Experiment) -> results.Intervals | None:
-    """The bootstrap intervals of the experiment's metrics/summary.json, read from its commit
-    and the DVC cache (the file is a DVC output, not a metric); None when it has none."""
+def read_summary(exp: Experiment) -> results.Summary:
+    """The experiment's metrics/summary.json (intervals, epochs, GFLOPs: a DVC output, not a
+    metric), read from its commit and the DVC cache; a SweepError when it cannot be read."""
     import dvc.api  # only here: the rest of the sweep talks to dvc through its CLI
 
     hint = f"rerun it or remove it (dvc exp remove {exp.name})"
@@ -296,7 +302,12 @@ def read_intervals(exp: Experiment) -> results.Intervals | None:
     except Exception as exc:  # DVC raises many kinds: not in the cache, unknown rev
         raise SweepError(f"experiment {exp.name}: cannot read {SUMMARY} ({exc}): {hint}") from None
     where = f"experiment {exp.name} {SUMMARY}"
-    return results.parse(results.Summary, json.loads(text), where, hint).intervals
+    return results.parse(results.Summary, json.loads(text), where, hint)
+
+
+def read_intervals(exp: Experiment) -> results.Intervals | None:
+    """The bootstrap intervals of the experiment's metrics/summary.json (None: it has none)."""
+    return read_summary(exp).intervals
 
 
 def collect_seeds(
@@ -329,18 +340,23 @@ def collect_seeds(
     return rows, pairs
 
 
-def _check_comparable(done: Sequence[Experiment]) -> None:
-    """Same recipe outside the grid for all; the same regularizer values within each variant."""
+def _check_comparable(
+    done: Sequence[Experiment],
+    grid_keys: Iterable[str] = tuple(OFF),
+    variant: Callable[[Mapping[str, Any]], str] = variant_of,
+) -> None:
+    """Same recipe outside the grid for all; the same grid values within each variant."""
     ref: dict[str, tuple[str, dict[str, Any]]] = {}  # variant or "*" -> (experiment, params)
+    grid_keys = tuple(grid_keys)
     for exp in done:
         flat = _flat(exp.params)
         recipe = {
             k: v
             for k, v in flat.items()
-            if k not in OFF and k != SEED and not k.startswith(RUNTIME)
+            if k not in grid_keys and k != SEED and not k.startswith(RUNTIME)
         }
-        grid = {k: flat.get(k) for k in OFF}
-        for key, values in (("*", recipe), (variant_of(exp.params), grid)):
+        grid = {k: flat.get(k) for k in grid_keys}
+        for key, values in (("*", recipe), (variant(exp.params), grid)):
             first, first_values = ref.setdefault(key, (exp.name, values))
             diff = sorted(k for k in first_values.keys() | values.keys()
                           if first_values.get(k) != values.get(k))  # fmt: skip
@@ -353,6 +369,88 @@ def _check_comparable(done: Sequence[Experiment]) -> None:
                     f"compared: remove the stale one (dvc exp remove {exp.name}) or sweep "
                     "with another --prefix"
                 )
+
+
+# ------------------------------------------------------------------------- transfer learning
+TRANSFER = "tl"  # the experiments' prefix
+INITS = {"imagenet": True, "random": False}  # starting weights -> models.<section>.pretrained
+
+
+def transfer_keys(section: str) -> tuple[str, ...]:
+    """The params the transfer grid sets (weights_path too: no file fits every encoder)."""
+    return tuple(f"models.{section}.{k}" for k in ("encoder", "pretrained", "weights_path"))
+
+
+def transfer_variants(encoders: Sequence[str], inits: Sequence[str]) -> list[tuple[str, str]]:
+    """(encoder, init) pairs; the scratch encoder has no pretrained weights, so random only."""
+    return [(e, i) for e in encoders for i in inits if e != "scratch" or not INITS[i]]
+
+
+def plan_transfer(
+    section: str,
+    variants: Sequence[tuple[str, str]],
+    seeds: Sequence[int],
+    common: Mapping[str, Any],
+    params: Mapping[str, Any],
+    prefix: str = TRANSFER,
+) -> list[Planned]:
+    """One experiment per (encoder, init) and seed, each validated like params.yaml."""
+    if section not in config.BACKBONE_SECTIONS:
+        raise ParamsError(
+            f"--section {section}: backbones fit {', '.join(config.BACKBONE_SECTIONS)}"
+        )
+    clash = sorted(k for k in common if k in transfer_keys(section) or k == SEED)
+    if clash:
+        raise ParamsError(
+            f"{', '.join(clash)}: set by the transfer grid itself (--encoders, --inits, --seeds); "
+            "leave them out of --preset and -S"
+        )
+    out = []
+    for encoder, init in variants:
+        for seed in seeds:
+            name = f"{prefix}-{encoder}-{init}-s{seed}"
+            grid = {
+                f"models.{section}.encoder": encoder,
+                f"models.{section}.pretrained": INITS[init],
+            }
+            sets = {**common, **grid, SEED: seed}
+            config.validate(_with(params, sets), f"params.yaml with the overrides of {name}")
+            out.append(Planned(name, f"{encoder}-{init}", seed, sets))
+    return out
+
+
+def collect_transfer(
+    experiments: Sequence[Experiment],
+    section: str,
+    prefix: str = TRANSFER,
+    summary: Callable[[Experiment], results.Summary] = read_summary,
+) -> list[dict[str, Any]]:
+    """Rows of plots/transfer.csv: each successful ``<prefix>-*`` experiment x each network that
+    ``models.<section>`` configures; a SweepError if their recipes differ beyond the grid."""
+    done = [e for e in experiments if e.state == "success" and e.name.startswith(f"{prefix}-")]
+    keys = transfer_keys(section)
+    _check_comparable(done, keys, lambda p: "/".join(str(_flat(p).get(k)) for k in keys))
+    rows = []
+    for exp in done:
+        flat = _flat(exp.params)
+        for arch, row in summary(exp).architectures.items():
+            if config.ARCH_SECTIONS.get(arch) != section:
+                continue
+            rows.append(
+                {"experiment": exp.name, "arch": arch,
+                 "encoder": flat.get(keys[0], "scratch"), "pretrained": bool(flat.get(keys[1])),
+                 "seed": flat.get(SEED), "epochs": row.epochs, "params": row.params,
+                 "gflops_per_image": row.gflops_per_image, "train_seconds": row.train_seconds,
+                 "miou": row.miou, "binary_pet_iou": row.binary_pet_iou,
+                 "iou_border": row.iou["border"], "boundary_iou": row.boundary_iou}
+            )  # fmt: skip
+    encoders = {e: i for i, e in enumerate(config.ENCODERS)}
+    arch_order = {a: i for i, a in enumerate(ARCHS)}
+    rows.sort(
+        key=lambda r: (arch_order.get(r["arch"], 99), encoders.get(r["encoder"], 99),
+                       r["pretrained"], r["seed"], r["experiment"])
+    )  # fmt: skip
+    return rows
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -429,9 +527,15 @@ def run(planned: Sequence[Planned], jobs: int, poll: float = 10.0) -> list[str]:
     return [n for n, s in shown.items() if s != "success"]
 
 
-def write_results(command: str, prefix: str, out: Path, diffs: Path) -> None:
-    """Collect the experiments of ``command`` (run/collect: the grid; compare: the seeds)."""
+def write_results(command: str, prefix: str, out: Path, diffs: Path, section: str = "unet") -> None:
+    """Collect the experiments of ``command`` (run/collect: the grid; compare: the seeds;
+    transfer: the encoders of ``models.<section>``)."""
     experiments = exp_show()
+    if command == "transfer":
+        rows = collect_transfer(experiments, section, prefix)
+        results.write_csv(out, results.TRANSFER_COLUMNS, rows)
+        print(f"{out}: {len(rows)} rows from {len({r['experiment'] for r in rows})} experiments")
+        return
     if command == "compare":
         rows, pairs = collect_seeds(experiments, prefix)
         results.write_csv(out, results.SEEDS_COLUMNS, rows)
@@ -451,7 +555,12 @@ def main() -> None:
     run_p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     cmp_p = sub.add_parser("compare", help="the recipe over seeds: plots/seeds.csv")
     col_p = sub.add_parser("collect", help="only (re)write plots/experiments.csv")
-    for p in (run_p, cmp_p):
+    tl_p = sub.add_parser("transfer", help="encoders x starting weights: plots/transfer.csv")
+    tl_p.add_argument("--section", default="unet", help="models.<section> to vary")
+    tl_p.add_argument("--encoders", nargs="+", choices=config.ENCODERS, default=config.ENCODERS)
+    tl_p.add_argument("--inits", nargs="+", choices=INITS, default=list(INITS))
+    tl_p.add_argument("--collect-only", action="store_true", help="only (re)write the CSV")
+    for p in (run_p, cmp_p, tl_p):
         p.add_argument("--seeds", nargs="+", type=int, default=[0], help="train.seed values")
         p.add_argument("-j", "--jobs", type=int, default=2, help="experiments run at once")
         p.add_argument("--preset", type=Path, help="dotted-key overrides, e.g. presets/real.yaml")
@@ -459,15 +568,16 @@ def main() -> None:
         p.add_argument("--dry-run", action="store_true", help="print the dvc commands only")
         p.add_argument("--poll", type=float, default=10.0, help="seconds between status checks")
     for p, prefix, out in ((run_p, "reg", "experiments"), (col_p, "reg", "experiments"),
-                           (cmp_p, "cmp", "seeds")):  # fmt: skip
+                           (cmp_p, "cmp", "seeds"), (tl_p, TRANSFER, "transfer")):  # fmt: skip
         p.add_argument("--prefix", default=prefix, help="experiment names start PREFIX-")
         p.add_argument("--out", type=Path, default=Path(f"plots/{out}.csv"))
         p.add_argument("--params", type=Path, default=Path("params.yaml"))
     cmp_p.add_argument("--diffs", type=Path, default=Path("plots/seed_diffs.csv"))
     args = parser.parse_args()
     diffs = getattr(args, "diffs", Path("plots/seed_diffs.csv"))
-    if args.command == "collect":
-        write_results("collect", args.prefix, args.out, diffs)
+    section = getattr(args, "section", "unet")
+    if args.command == "collect" or getattr(args, "collect_only", False):
+        write_results(args.command, args.prefix, args.out, diffs, section)
         return
     planned = _planned(args)
     if args.dry_run:
@@ -476,7 +586,7 @@ def main() -> None:
         print(f"dvc queue start -j {args.jobs}")
         return
     failed = run(planned, args.jobs, args.poll)
-    write_results(args.command, args.prefix, args.out, diffs)
+    write_results(args.command, args.prefix, args.out, diffs, section)
     if failed:
         logs = "; ".join(f"dvc queue logs {n}" for n in failed)
         raise SweepError(f"{len(failed)} experiment(s) failed: {', '.join(failed)} (see {logs})")
@@ -489,8 +599,11 @@ def _planned(args: argparse.Namespace) -> list[Planned]:
     if "train.threads" not in common:  # N trainings at once share the cores instead of fighting
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         common["train.threads"] = max(1, (cores or 1) // args.jobs)
-    variants = args.variants if args.command == "run" else [RECIPE]
     params = config.load(args.params).model_dump()
+    if args.command == "transfer":
+        variants = transfer_variants(args.encoders, args.inits)
+        return plan_transfer(args.section, variants, args.seeds, common, params, args.prefix)
+    variants = args.variants if args.command == "run" else [RECIPE]
     return plan(variants, args.seeds, common, params, args.prefix)
 
 

@@ -1,8 +1,10 @@
 """``train(...)``: one architecture, the shared recipe, each epoch in MLflow, resumable, DDP.
 
-The recipe in named steps: :func:`load_data`, :func:`build_state` (model, weight average,
-optimizer, schedule, random generators), :meth:`Checkpoint.restore`, :func:`run_epoch` for each
-remaining epoch (train, validate, keep the best), :func:`record_epoch` and
+The recipe in named steps: :func:`load_data`, :func:`build_network` (the model, a backbone
+starting from its pretrained weights), :func:`build_state` (weight average, optimizer, schedule,
+random generators), :meth:`Checkpoint.restore`, :func:`run_epoch` for each remaining epoch (a
+pretrained encoder frozen at first: :func:`follow_freeze`; train, validate, keep the best),
+:func:`record_epoch` and
 :meth:`Checkpoint.save` after each, and :func:`finish` (model file, metrics, the per-epoch curve,
 MLflow model). The three output files are written together at the end and exist only after a
 training that succeeded; the checkpoint (not a DVC output) is what survives a kill.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import dataclasses
 import gc
 import logging
 from dataclasses import dataclass
@@ -37,6 +40,7 @@ from petseg.fileio import stage_outputs
 from petseg.losses import LossFn, make_loss
 from petseg.metrics import iou_per_class, mean_iou, pixel_accuracy
 from petseg.models import build_model, count_params, gflops_per_image, save_model
+from petseg.models.pretrained import LoadedWeights, load_pretrained
 from petseg.optim import make_optimizer, make_scheduler, weight_average
 from petseg.runtime import Runtime, setup_runtime
 from petseg.tracking import served
@@ -51,6 +55,7 @@ class TrainPaths:
     metrics: Path  # metrics/train/<arch>.json
     plot: Path  # plots/train/<arch>.csv
     checkpoint_dir: Path  # checkpoints/<arch> (not a DVC out: it must survive a killed run)
+    weights_dir: Path | None = None  # weights/: where models.<arch>.weights_path must lie
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ class Loop:
     train_feed: Feed
     eval_feed: Feed
     progress: bool
+    encoder: nn.Module | None = None  # a pretrained encoder (fine-tuned: train.freeze_encoder_*)
 
 
 def train(
@@ -103,28 +109,35 @@ def train(
         data = load_data(paths.prepared, rt)
         steps = steps_per_epoch(data, p, rt, paths.prepared)
         check_depth(arch, arch_params, data.image_size)
-        state = build_state(arch, p, arch_params, rt, steps)
+        model, weights = build_network(arch, p, arch_params, rt, paths.weights_dir, progress)
+        encoder = model.backbone() if weights is not None else None
+        state = build_state(model, p, rt, steps, encoder)
         loop = Loop(
             arch, p, rt, data, steps, net=rt.wrap(state.model),
             loss_fn=make_loss(p.class_weights, p.label_smoothing, p.dice_weight, rt.device),
             train_feed=Feed(rt.device, p.channels_last, p.augment if p.augment.enabled else None),
             eval_feed=Feed(rt.device, p.channels_last),
-            progress=progress and rt.main,
+            progress=progress and rt.main, encoder=encoder,
         )  # fmt: skip
         made = provenance(arch, p, arch_params, paths.prepared)
         checkpoint = Checkpoint(paths.checkpoint_dir / "last.pt", made)
         restored = checkpoint.restore(state, rt)
-        tracker = start_tracking(loop, arch_params, tracking_params, state, data_source, restored)
+        tracker = start_tracking(
+            loop, arch_params, tracking_params, state, data_source, restored, weights
+        )
         try:
             if not restored.resumed:  # so that a kill before the first epoch resumes this run
                 checkpoint.save(state, rt)
             for epoch in range(state.epoch + 1, p.epochs + 1):
+                loop = follow_freeze(loop, state.model, epoch)
                 row = run_epoch(loop, state, epoch)
                 tracker.sample_system(row["epoch_seconds"] * (p.epochs - epoch + 1))
                 record_epoch(loop, row, tracker)
                 checkpoint.save(state, rt)
                 rt.barrier()
-            result = finish(loop, state, arch_params, paths, tracker, tracking_params.log_model)
+            result = finish(
+                loop, state, arch_params, paths, tracker, tracking_params.log_model, weights
+            )
         except BaseException as exc:
             tracker.end(tracking.status_of(exc))  # KILLED for Ctrl-C and SIGTERM
             raise
@@ -166,15 +179,34 @@ def check_depth(arch: str, arch_params: ArchParams, image_size: int) -> None:
         )
 
 
-def build_state(
-    arch: str, p: TrainParams, arch_params: ArchParams, rt: Runtime, steps: int
-) -> TrainState:
-    """A fresh model (seeded by the caller), its weight average, optimizer, schedule, generators."""
-    models = ModelsParams(**{ARCH_SECTIONS[arch]: arch_params})
-    model = build_model(arch, models, NUM_CLASSES).to(rt.device)
+def build_network(
+    arch: str,
+    p: TrainParams,
+    arch_params: ArchParams,
+    rt: Runtime,
+    weights_dir: Path | None,
+    progress: bool,
+) -> tuple[nn.Module, LoadedWeights | None]:
+    """A fresh model (seeded by the caller) on the device, its backbone starting from its
+    pretrained weights if ``models.<arch>.pretrained`` (and what they were)."""
+    section = ARCH_SECTIONS[arch]
+    model = build_model(arch, ModelsParams(**{section: arch_params}), NUM_CLASSES)
+    weights = load_pretrained(model, section, arch_params, weights_dir, progress and rt.main)
+    if weights is not None and rt.main:
+        log.info("%s: encoder from %s (%s, sha256 %s)", arch, weights.file, weights.source,
+                 weights.sha256)  # fmt: skip
+    model = model.to(rt.device)
     if p.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, p)
+    return model, weights
+
+
+def build_state(
+    model: nn.Module, p: TrainParams, rt: Runtime, steps: int, encoder: nn.Module | None = None
+) -> TrainState:
+    """``model``'s weight average, optimizer (``encoder``: a pretrained one, at its own learning
+    rate), schedule and random generators."""
+    optimizer = make_optimizer(model, p, encoder)
     return TrainState(
         model=model,
         ema=weight_average(model, p.ema_epochs, steps),
@@ -193,9 +225,11 @@ def start_tracking(
     state: TrainState,
     data_source: str,
     restored: Restored,
+    weights: LoadedWeights | None = None,
 ) -> tracking.Tracker | tracking.Untracked:
     """The MLflow run of this training on rank 0: a new one, or the checkpoint's when resuming;
-    the run of an ignored checkpoint, left RUNNING by a killed training, is ended first."""
+    the run of an ignored checkpoint, left RUNNING by a killed training, is ended first. Tagged
+    with the pretrained weights, if any: their file, SHA-256 and where they came from."""
     if not loop.rt.main:
         return tracking.Untracked()
     if restored.abandoned_run:
@@ -205,7 +239,11 @@ def start_tracking(
         tracking_params,
         loop.arch,
         run_id=state.run_id,
-        tags={"data.source": data_source, "petseg.world_size": str(loop.rt.world)},
+        tags={
+            "data.source": data_source,
+            "petseg.world_size": str(loop.rt.world),
+            **({} if weights is None else weights_tags(weights)),
+        },
     )
     params = {"train": loop.params.model_dump(), "models": {loop.arch: arch_params.model_dump()}}
     data = {"data": {"source": data_source}, "preprocess": {"image_size": loop.data.image_size}}
@@ -217,7 +255,27 @@ def start_tracking(
     return tracker
 
 
+def weights_tags(weights: LoadedWeights) -> dict[str, str]:
+    return {
+        "petseg.encoder_weights.file": weights.file.name,
+        "petseg.encoder_weights.sha256": weights.sha256,
+        "petseg.encoder_weights.source": weights.source,
+    }
+
+
 # ------------------------------------------------------------------------------------- epoch
+def follow_freeze(loop: Loop, model: nn.Module, epoch: int) -> Loop:
+    """A pretrained encoder is frozen in the first ``train.freeze_encoder_epochs`` epochs and
+    trained from then on; when that changes, DDP is rebuilt around ``model`` (it reduces the
+    gradients of the parameters that wanted one when it was built)."""
+    frozen = epoch <= loop.params.freeze_encoder_epochs
+    if loop.encoder is None or not loop.encoder.freeze(frozen):
+        return loop
+    if loop.rt.main:
+        log.info("%s epoch %d: encoder %s", loop.arch, epoch, "frozen" if frozen else "trained")
+    return dataclasses.replace(loop, net=loop.rt.wrap(model))
+
+
 def epoch_order(n: int, steps: int, batch: int, rt: Runtime, gen: torch.Generator) -> torch.Tensor:
     """(steps, batch) rows of this rank for one epoch: a global shuffle, dealt out per rank."""
     perm = torch.randperm(n, generator=gen)[: steps * batch * rt.world]
@@ -291,12 +349,15 @@ def finish(
     paths: TrainPaths,
     tracker: tracking.Tracker | tracking.Untracked,
     log_model: bool,
+    weights: LoadedWeights | None = None,
 ) -> results.TrainMetrics:
     """The training's metrics; rank 0 writes the best epoch's model file, the metrics JSON and
     the curve, and ends the MLflow run (with the model, if ``tracking.log_model``)."""
     release_memory()  # what follows (FLOP count, logging the model) must not stack on the peak
     model, rt = state.model, loop.rt
     result = train_metrics(loop, state)
+    if weights is not None:
+        result = result.model_copy(update={"encoder_weights_sha256": weights.sha256})
     if rt.distributed:  # DDP keeps replicas identical; record the evidence
         checksums = rt.gather(weights_checksum(model))
         result = result.model_copy(update={"weights_checksum_per_rank": checksums})

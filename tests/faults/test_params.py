@@ -27,6 +27,18 @@ BAD: dict[str, tuple[dict | str, tuple[str, ...]]] = {
         {"data.source": "oxford-iiit-pet", "data.oxford.base_urls": ["ftp://x/"]},
         ("data.oxford.base_urls.0 = 'ftp://x/'",),
     ),
+    "unpool-backbone": (
+        {"models.unpool.encoder": "resnet18"},
+        ("models.unpool.encoder = 'resnet18' is invalid", "models.unpool takes scratch only"),
+    ),
+    "pretrained-scratch": (
+        {"models.unet.pretrained": True},
+        ("models.unet.pretrained = True is invalid", "set encoder to one of resnet18"),
+    ),
+    "freeze-beyond-training": (
+        {"train.freeze_encoder_epochs": 5},
+        ("train.freeze_encoder_epochs = 5 is invalid", "at most train.epochs (2)"),
+    ),
     "not-yaml": ("data: [unclosed\n", ("params.yaml: not valid YAML", "line 2")),
     "top-level-list": ("- data\n- train\n", ("params.yaml: top level must be a mapping",)),
     "section-not-mapping": ("train: 5\n", ("train = 5 is invalid",)),

@@ -160,6 +160,11 @@ class SegmentationModel(nn.Module):
         self.in_channels = in_channels
         self.depth = depth
 
+    def backbone(self) -> nn.Module | None:
+        """The torchvision backbone that is this network's encoder (``models.<arch>.encoder``;
+        :mod:`petseg.models.encoders`), or None for the network's own (scratch) encoder."""
+        return self._modules.get("encoder")
+
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ValueError saying how to fix a batch this model cannot take (shapes only)."""
         if x.dim() != 4:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from petseg import NUM_CLASSES
-from petseg.config import ARCH_SECTIONS, ModelsParams
+from petseg.config import ARCH_SECTIONS, WEIGHT_SOURCE, ModelsParams
 from petseg.errors import ParamsError
 from petseg.models.blocks import SegmentationModel
 
@@ -43,6 +43,8 @@ def build_model(
 ) -> SegmentationModel:
     """A freshly initialised ``name`` model configured by its section of ``params`` (models)."""
     cls = model_class(name)
-    # Every key of models.<section> is a keyword of the constructor: a new key must be wired there.
-    kwargs = params.of(name).model_dump()
+    # Every key of models.<section> is a keyword of the constructor (a new key must be wired
+    # there) but those saying where pretrained weights come from: training loads them
+    # (petseg.models.pretrained), a model file brings its own.
+    kwargs = params.of(name).model_dump(exclude=set(WEIGHT_SOURCE))
     return cls(num_classes=num_classes, in_channels=in_channels, **kwargs)

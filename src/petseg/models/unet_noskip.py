@@ -19,5 +19,9 @@ class UNetNoSkip(UNet):
     key = "unet_noskip"
 
     def skip(self, features: torch.Tensor) -> torch.Tensor:
-        """Zeros in place of the encoder features: the same shapes and FLOPs, no information."""
-        return torch.zeros_like(features)
+        """Zeros in place of the encoder features: the same shapes and FLOPs, no information.
+
+        Computed from the features (zero gradients flow back) rather than made anew: with a
+        backbone encoder the stem feeds the level-0 skip alone, and DDP wants every parameter to
+        receive a gradient, if only a zero one."""
+        return features * 0

@@ -61,10 +61,13 @@ class UnpoolNet(SegmentationModel):
         block: Block = "plain",
         bottleneck: int = 1,
         upsample: Literal["indices", "nearest"] = "indices",
+        encoder: Literal["scratch"] = "scratch",
     ) -> None:
         super().__init__(in_channels=in_channels, depth=depth)
         if upsample not in ("indices", "nearest"):
             raise ValueError(f"upsample must be 'indices' or 'nearest', got {upsample!r}")
+        if encoder != "scratch":  # a backbone has no pooling indices to unpool with
+            raise ValueError(f"unpool has its own encoder only (scratch), got {encoder!r}")
         self.upsample = upsample
         w = level_widths(base_width, depth)
         stage = partial(conv_block, block=block, bottleneck=bottleneck)  # every conv stage

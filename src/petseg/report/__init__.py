@@ -17,6 +17,7 @@ Every number comes from the metrics JSON and plot CSVs of the evaluate stage, re
 ``figures``     charts and grid captions  ``tables``      metrics, regularization, setup
 ``render``      HTML and Markdown         ``notebook``    the notebook
 ``seeds``       make compare: across seeds
+``transfer``    from scratch vs pretrained
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from petseg.report.notebook import write_notebook
 from petseg.report.render import LEGEND, Report, render_html, render_markdown, title
 from petseg.report.seeds import seed_sentences, seeds_table
 from petseg.report.tables import metrics_table, regularization_table, setup_rows
+from petseg.report.transfer import own_rows, transfer_runs, transfer_sentences, transfer_table
 
 __all__ = [
     "LEGEND",
@@ -86,7 +88,15 @@ def compose_report(
         regularization=None if exps is None else regularization_table(exps),
         regularization_chart=None if exps is None else regularization_chart(exps),
         **_across_seeds(inputs),
+        **_transfer(inputs, models, train.seed),
     )
+
+
+def _transfer(inputs, models: ModelsParams, seed: int) -> dict:
+    runs = transfer_runs(own_rows(inputs.test, models, seed), inputs.transfer)
+    if runs is None:
+        return {}
+    return {"transfer": transfer_table(runs), "transfer_findings": transfer_sentences(runs)}
 
 
 def _across_seeds(inputs) -> dict:

@@ -29,6 +29,7 @@ class ReportPaths:
     experiments: Path | None = None  # plots/experiments.csv; absent = no experiments were run
     seeds: Path | None = None  # plots/seeds.csv (make compare); absent or empty = one seed
     seed_diffs: Path | None = None  # plots/seed_diffs.csv (make compare)
+    transfer: Path | None = None  # plots/transfer.csv (make transfer); absent or empty = none
 
     params: Path = Path("params.yaml")  # what the notebook's code cells load the params from
 
@@ -49,6 +50,7 @@ class Inputs:
     experiments: pd.DataFrame | None
     seeds: pd.DataFrame | None = None  # None: make compare has not run
     seed_diffs: pd.DataFrame | None = None
+    transfer: pd.DataFrame | None = None  # None: make transfer has not run
 
     @property
     def archs(self) -> list[str]:
@@ -81,6 +83,7 @@ def load_inputs(paths: ReportPaths) -> Inputs:
         manifest=_manifest(paths.manifest),
         experiments=_experiments(paths.experiments),
         **_seeds(paths),
+        transfer=_transfer(paths.transfer),
     )
 
 
@@ -95,6 +98,14 @@ def _seeds(paths: ReportPaths) -> dict[str, pd.DataFrame | None]:
     if seeds.empty:
         return {"seeds": None, "seed_diffs": None}
     return {"seeds": seeds, "seed_diffs": diffs}
+
+
+def _transfer(path: Path | None) -> pd.DataFrame | None:
+    """plots/transfer.csv, or None when make transfer has not run (committed header-only)."""
+    if path is None or not path.exists():
+        return None
+    rows = results.read_csv(path, results.TRANSFER_COLUMNS, "rerun make transfer")
+    return None if rows.empty else rows
 
 
 def _examples(path: Path, folder: Path) -> pd.DataFrame:

@@ -30,6 +30,8 @@ from petseg.report.render import (
     NO_SEEDS,
     REG_NOTE,
     SEEDS_NOTE,
+    TRANSFER_NOTE,
+    TRANSFER_TITLE,
     Report,
     grid_intro,
     html_setup,
@@ -133,6 +135,10 @@ def _cells(report: Report, paths: ReportPaths) -> list[nbformat.NotebookNode]:
     cells.append(md(f"## Regularization\n\n{NO_REG if reg[0] is None else REG_NOTE}"))
     if reg[0] is not None:
         cells.append(_code("show(report.regularization, report.regularization_chart)", reg))
+    if report.transfer is not None:
+        items = [report.transfer, report.transfer_findings]
+        cells.append(md(f"## {TRANSFER_TITLE}\n\n{TRANSFER_NOTE}"))
+        cells.append(_code("show(report.transfer, report.transfer_findings)", items))
     return cells
 
 

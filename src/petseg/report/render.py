@@ -30,6 +30,8 @@ class Report:
     regularization_chart: Chart | None = None
     seeds: Table | None = None  # make compare: mean ± std over training seeds
     seed_findings: list[str] = field(default_factory=list)
+    transfer: Table | None = None  # from scratch vs pretrained; None: no backbone anywhere
+    transfer_findings: list[str] = field(default_factory=list)
 
     def chart(self, name: str) -> Chart:
         return next(c for c in self.charts if c.name == name)
@@ -74,6 +76,14 @@ NO_REG = (
     "make sweep runs them."
 )
 NO_EXAMPLES = "The evaluate stage wrote no prediction images."
+TRANSFER_TITLE = "From scratch vs pretrained"
+TRANSFER_NOTE = (
+    "Encoders side by side: each network's own (scratch) and torchvision backbones "
+    "(models.<arch>.encoder), starting from ImageNet weights or from random ones. From: dvc repro "
+    "is this report's own networks, make transfer the DVC experiments of plots/transfer.csv; "
+    "runs of one setting (seeds) are averaged. Test split at the training resolution; s/epoch is "
+    "the wall-clock training seconds over the epochs, which other jobs on the machine move."
+)
 
 
 def title(archs: Sequence[str], source: str) -> str:
@@ -210,6 +220,7 @@ def render_html(report: Report) -> str:
         *(_html_figure(chart) for chart in report.charts),
     ]
     parts += _html_predictions(report) + _html_seeds(report) + _html_regularization(report)
+    parts += _html_transfer(report)
     return "\n".join([*parts, "</body>", "</html>", ""])
 
 
@@ -262,6 +273,18 @@ def _html_regularization(report: Report) -> list[str]:
     if report.regularization_chart is not None:
         parts.append(_html_figure(report.regularization_chart))
     return parts
+
+
+def _html_transfer(report: Report) -> list[str]:
+    if report.transfer is None:
+        return []
+    items = "".join(f"<li>{html.escape(s)}</li>" for s in report.transfer_findings)
+    return [
+        f"<h2>{TRANSFER_TITLE}</h2>",
+        f'<p class="note">{html.escape(TRANSFER_NOTE)}</p>',
+        f'<div class="wide">{html_table(report.transfer, "transfer")}</div>',
+        f"<ul>{items}</ul>",
+    ]
 
 
 # --------------------------------------------------------------------------------- Markdown
@@ -335,4 +358,7 @@ def render_markdown(report: Report) -> str:
         lines += [REG_NOTE, "", markdown_table(report.regularization), ""]
         if report.regularization_chart is not None:
             lines += _md_figure(report.regularization_chart)
+    if report.transfer is not None:
+        lines += [f"## {TRANSFER_TITLE}", "", TRANSFER_NOTE, "", markdown_table(report.transfer)]
+        lines += ["", *(f"- {s}" for s in report.transfer_findings), ""]
     return "\n".join(lines)

@@ -10,7 +10,14 @@ from typing import Any
 import pandas as pd
 
 from petseg import CLASSES
-from petseg.config import ARCH_SECTIONS, DataParams, ModelsParams, PreprocessParams, TrainParams
+from petseg.config import (
+    ARCH_SECTIONS,
+    ArchParams,
+    DataParams,
+    ModelsParams,
+    PreprocessParams,
+    TrainParams,
+)
 from petseg.report.inputs import Inputs
 from petseg.results import LOWER_IS_BETTER, TestMetrics, TrainMetrics
 
@@ -127,7 +134,7 @@ def setup_rows(
     return _data_rows(inputs.manifest, data) + [
         ("Image size", f"{size}×{size} px; mIoU orig. res. scores each test image at its own size"),
         ("Models", _models_text(inputs.archs, models)),
-        ("Optimisation", _optimisation_text(train)),
+        ("Optimisation", _optimisation_text(train) + _finetuning_text(inputs.archs, models, train)),
         (
             "Loss",
             f"cross-entropy, class weights {weights}, label smoothing "
@@ -160,10 +167,29 @@ def _models_text(archs: list[str], models: ModelsParams) -> str:
     text = {
         a: f"depth {m.depth}, base width {m.base_width}, dropout {m.dropout:g}, {m.block} blocks"
         + (f" with {m.bottleneck}× bottleneck" if m.bottleneck > 1 else "")
+        + _encoder_text(m)
         for a in archs
         if a in ARCH_SECTIONS and (m := models.of(a))
     }
     return _per_arch(text) + f"; unpool upsampling: {models.unpool.upsample}"
+
+
+def _encoder_text(m: ArchParams) -> str:
+    if m.encoder == "scratch":
+        return ""
+    weights = "ImageNet weights" if m.pretrained else "random initialisation"
+    return f", encoder {m.encoder} ({weights})"
+
+
+def _finetuning_text(archs: list[str], models: ModelsParams, train: TrainParams) -> str:
+    """How pretrained encoders were fine-tuned, if any network has one."""
+    tuned = [a for a in archs if a in ARCH_SECTIONS and models.of(a).pretrained]
+    if not tuned:
+        return ""
+    return (
+        f"; the pretrained encoders ({', '.join(tuned)}) frozen for the first "
+        f"{train.freeze_encoder_epochs} epochs, then trained at {train.encoder_lr_mult:g}× lr"
+    )
 
 
 def _optimisation_text(train: TrainParams) -> str:
