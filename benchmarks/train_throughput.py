@@ -93,6 +93,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,13 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.data import DataLoader, Dataset
 
 from petseg import CLASSES, NUM_CLASSES
+from petseg.compiled import (
+    ForwardLoss,
+    check_compile,
+    eager_forward,
+    forward_loss,
+    keep_freed_memory,
+)
 from petseg.config import (
     AugmentParams,
     ModelsParams,
@@ -115,7 +123,7 @@ from petseg.config import (
 from petseg.data.oxford import image_path, read_list, trimap_path, trimap_to_labels
 from petseg.data.prepared import MANIFEST, SPLITS
 from petseg.data.synthetic import generate
-from petseg.device import autocast, cpu_name, precision
+from petseg.device import cpu_name, precision
 from petseg.engine import Feed, on_device, train_one_epoch
 from petseg.losses import make_loss
 from petseg.models import build_model, gflops_per_image
@@ -337,58 +345,72 @@ class Contender:
         return self.cpu[i] / self.wall[i]
 
 
-def bare_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    bf16: bool = False,
-) -> Callable[[], float]:
+@dataclass(frozen=True)
+class Setup:
+    """What every contender of one architecture shares."""
+
+    arch: str
+    params: TrainParams
+    init_state: dict[str, torch.Tensor]
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    feed: Feed
+    order: Iterator[torch.Tensor]
+    aug_gen: torch.Generator
+    x: torch.Tensor  # the resident batch: pre-normalised, channels_last, no augmentation
+    y: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Net:
+    """A model and what steps it: forward pass with loss, optimizer, memory policy."""
+
+    model: nn.Module
+    forward: ForwardLoss  # (x, y) -> loss: eager, or compiled (petseg.compiled)
+    optimizer: torch.optim.Optimizer
+    keep_memory: bool = False  # train.compile's keep_freed_memory around the step
+
+
+def bare_step(net: Net, x: torch.Tensor, y: torch.Tensor) -> Callable[[], float]:
     def step() -> float:
-        with record_function("step.forward"):
-            with autocast(DEV, bf16):
-                out = model(x)
-            loss = loss_fn(out, y)
-        optimizer.zero_grad(set_to_none=True)
-        with record_function("step.backward"):
-            loss.backward()
-        with record_function("step.optimizer"):
-            optimizer.step()
+        with keep_freed_memory(DEV, net.keep_memory):
+            with record_function("step.forward"):
+                loss = net.forward(x, y)
+            net.optimizer.zero_grad(set_to_none=True)
+            with record_function("step.backward"):
+                loss.backward()
+            with record_function("step.optimizer"):
+                net.optimizer.step()
         return 0.0
 
     return step
 
 
 def real_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    feed: Feed,
+    net: Net,
+    s: Setup,
     images: torch.Tensor,
     masks: torch.Tensor,
-    order: Iterator[torch.Tensor],
-    aug_gen: torch.Generator,
-    bf16: bool = False,
+    bf16: bool,
     after_step: Callable[[], None] | None = None,
 ) -> Callable[[], float]:
     """One step of the project's loop: train_one_epoch over a one-batch generator from Feed,
-    then ``after_step`` (train() updates its weight average there)."""
+    with the schedule and then ``after_step`` (train() updates its weight average there)."""
+    scheduler = make_scheduler(net.optimizer, s.params, 1_000_000)
 
     def step() -> float:
         fed = [0.0]
 
         def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             t = time.perf_counter()  # on CUDA: host time to queue the feed's kernels
-            batch = feed.batch(images, masks, next(order), aug_gen)
+            batch = s.feed.batch(images, masks, next(s.order), s.aug_gen)
             fed[0] = time.perf_counter() - t
             yield batch
 
-        train_one_epoch(
-            model, batches(), 1, optimizer, scheduler, loss_fn, 1, bf16, DEV, progress=False,
-            after_step=after_step,
-        )  # fmt: skip
+        with keep_freed_memory(DEV, net.keep_memory):
+            train_one_epoch(
+                net.model, batches(), 1, net.optimizer, scheduler, s.loss_fn, 1, bf16, DEV,
+                progress=False, after_step=after_step, forward=net.forward,
+            )  # fmt: skip
         return fed[0]
 
     return step
@@ -456,52 +478,40 @@ class Variant:
         return f"bare {how} {fmt}{fused}{' bf16' if self.bf16 else ''}{thr}"
 
 
-@dataclass(frozen=True)
-class Setup:
-    """What every contender of one architecture shares."""
-
-    arch: str
-    params: TrainParams
-    init_state: dict[str, torch.Tensor]
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    feed: Feed
-    order: Iterator[torch.Tensor]
-    aug_gen: torch.Generator
-    x: torch.Tensor  # the resident batch: pre-normalised, channels_last, no augmentation
-    y: torch.Tensor
-
-
 def fresh_model(s: Setup, fmt: torch.memory_format = torch.channels_last) -> nn.Module:
     model = build_model(s.arch, ModelsParams(), NUM_CLASSES)
     model.load_state_dict(s.init_state)
     return model.to(DEV, memory_format=fmt)
 
 
+def project_net(s: Setup, compile: bool) -> Net:
+    """A fresh model with the optimizer and forward pass train() gives it for ``compile``."""
+    p = s.params.model_copy(update={"compile": compile})
+    model = fresh_model(s)
+    forward = forward_loss(model, s.loss_fn, DEV, p.bf16, compile)
+    return Net(model, forward, make_optimizer(model, p), keep_memory=compile)
+
+
 def project_contenders(
-    s: Setup, images: torch.Tensor, masks: torch.Tensor, threads: int
+    s: Setup, images: torch.Tensor, masks: torch.Tensor, threads: int, compile: bool
 ) -> list[Contender]:
-    """The project's step as train() runs it: bare, and the real loop (Feed, augmentation,
-    train_one_epoch, schedule and weight average) on a model of its own."""
-    p = s.params
-    bf16 = precision(DEV, p.bf16) != "float32"  # as training runs it (train.bf16)
+    """The project's step as train() runs it with ``train.compile``: bare, and the real loop
+    (Feed, augmentation, train_one_epoch, schedule and weight average) on a model of its own."""
+    check_compile(compile, DEV)
+    bf16 = precision(DEV, s.params.bf16) != "float32"  # as training runs it (train.bf16)
     dtype, tag = (torch.bfloat16, "bf16") if bf16 else (torch.float32, "fp32")
-    model = fresh_model(s)
+    how = f"{'compiled' if compile else 'eager'} channels_last {tag}"
+    net = project_net(s, compile)
     bare = Contender(
-        f"bare eager channels_last {tag} (project)",
-        bare_step(model, make_optimizer(model, p), s.loss_fn, s.x, s.y, bf16),
-        threads, dtype, profile=True,
+        f"bare {how} (compile: {str(compile).lower()})", bare_step(net, s.x, s.y), threads, dtype,
+        compiled=compile, profile=True,
     )  # fmt: skip
-    model = fresh_model(s)
-    optimizer = make_optimizer(model, p)
-    ema = weight_average(model, p.ema_epochs, 100)
+    net = project_net(s, compile)
+    ema = weight_average(net.model, s.params.ema_epochs, 100)
+    after = None if ema is None else partial(ema.update_parameters, net.model)
     real = Contender(
-        f"real loop (Feed+augment+train_one_epoch+EMA) {tag}",
-        real_step(
-            model, optimizer, make_scheduler(optimizer, p, 1_000_000), s.loss_fn, s.feed, images,
-            masks, s.order, s.aug_gen, bf16,
-            after_step=None if ema is None else lambda: ema.update_parameters(model),
-        ),
-        threads, dtype, real=True, twin=bare,
+        f"real loop {how} (Feed+augment+EMA)", real_step(net, s, images, masks, bf16, after),
+        threads, dtype, real=True, compiled=compile, twin=bare,
     )  # fmt: skip
     return [real, bare]
 
@@ -519,17 +529,15 @@ def variant_contenders(
             param_groups(m, p.weight_decay), lr=p.lr, fused=True if v.fused else None
         )
         mode = None if v.mode == "default" else v.mode
-        net = m if v.mode is None else torch.compile(m, mode=mode)
-        step = bare_step(net, opt, s.loss_fn, s.x.contiguous(memory_format=fmt), s.y, v.bf16)
+        compiled = m if v.mode is None else torch.compile(m, mode=mode)
+        net = Net(m, eager_forward(compiled, s.loss_fn, DEV, v.bf16), opt)
+        step = bare_step(net, s.x.contiguous(memory_format=fmt), s.y)
         vt, dtype = v.threads or t, torch.bfloat16 if v.bf16 else torch.float32
         variant = Contender(v.label(t), step, vt, dtype, compiled=v.mode is not None)
         out.append(variant)
         first_compiled = not any(c.real and c.compiled for c in out)
         if v.mode is not None and v.channels_last and args.real_compiled and first_compiled:
-            sch = make_scheduler(opt, p, 1_000_000)
-            step = real_step(
-                net, opt, sch, s.loss_fn, s.feed, images, masks, s.order, s.aug_gen, v.bf16
-            )
+            step = real_step(net, s, images, masks, v.bf16)
             label = variant.label.replace("bare ", "real loop, ", 1)
             out.append(Contender(label, step, vt, dtype, real=True, compiled=True, twin=variant))
     return out
@@ -578,7 +586,11 @@ def bench_arch(
         torch.Generator().manual_seed(p.seed * 7919 + 1),
         *Feed(DEV, True).batch(images, masks, torch.arange(args.batch)),
     )  # fmt: skip
-    contenders = project_contenders(s, images, masks, args.threads)
+    contenders = [
+        c
+        for compile in args.compile
+        for c in project_contenders(s, images, masks, args.threads, compile)
+    ]
     if arch in args.explore:
         contenders += variant_contenders(s, args, images, masks)
     flops = step_flops(init, s.loss_fn, s.x, s.y)
@@ -974,8 +986,13 @@ def main() -> None:
     parser.add_argument("--archs", default="strided,unpool,unet")
     parser.add_argument("--explore", default="unet", help="archs timed with every --variants too")
     parser.add_argument(
+        "--compile",
+        default="false,true",
+        help="train.compile values of the project's contenders, comma-separated",
+    )
+    parser.add_argument(
         "--variants",
-        default="eager-cl,eager-cl-bf16-t1,compiled-cl-bf16",
+        default="eager-cl,eager-cl-bf16-t1",
         help="comma-separated {eager|compiled[:mode]}-{cl|nchw}[-fused][-t<threads>]",
     )
     parser.add_argument(
@@ -1040,6 +1057,7 @@ def main() -> None:
     for key in ("archs", "explore", "variants", "mem_archs"):
         setattr(args, key, [s for s in getattr(args, key).split(",") if s])
     args.variants = [Variant.parse(v) for v in args.variants]
+    args.compile = [{"false": False, "true": True}[v.strip()] for v in args.compile.split(",")]
     batches = args.mem_batches or f"{TrainParams().batch_size},{args.batch}"
     args.mem_batches = list(dict.fromkeys(int(b) for b in batches.split(",") if b.strip()))
     work = args.workdir or Path(tempfile.mkdtemp(prefix="petseg-train-throughput-"))

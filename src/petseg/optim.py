@@ -24,7 +24,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups(model, params.weight_decay), lr=params.lr)
+    # train.compile: the fused kernel, one pass over weights, gradients and moments
+    fused = True if params.compile else None
+    return torch.optim.AdamW(param_groups(model, params.weight_decay), lr=params.lr, fused=fused)
 
 
 def make_scheduler(
