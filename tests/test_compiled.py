@@ -25,10 +25,11 @@ CPU = torch.device("cpu")
 MODELS = ModelsParams.model_validate(tiny_section("models"))  # depth 2, width 8
 STEPS = 4
 LR = 0.01  # TINY's rate: Adam's steps are large, so rounding differences show
-# The compiled step's tolerance against the eager one (README, "Speed and memory on a CPU"): the
-# loss of the first step (same weights) and of the later ones, relative; the weights' distance
-# between the two runs, relative to how far training moved them.
-FIRST_LOSS_RTOL, LOSS_RTOL, WEIGHTS_RTOL = 1e-4, 1e-3, 0.05
+# The compiled step's tolerance against the eager one, per precision (README, "Speed and memory
+# on a CPU"): the loss of the first step (same weights) and of the later ones, relative; the
+# weights' distance between the two runs, relative to how far training moved them. bf16 rounds
+# to 8 significant bits wherever eager and fused kernels store an intermediate differently.
+TOLERANCE = {False: (1e-5, 1e-4, 0.02), True: (1e-4, 1e-3, 0.1)}  # bf16: (first, losses, weights)
 
 
 @pytest.fixture(autouse=True)
@@ -139,14 +140,15 @@ def test_compile_off_is_the_pre_change_step_bit_for_bit(how, bf16):
     assert now.optimizer.defaults["fused"] is None
 
 
-def _assert_trains_alike(eager: Run, fast: Run) -> None:
-    assert fast.losses[0] == pytest.approx(eager.losses[0], rel=FIRST_LOSS_RTOL)
-    assert fast.losses == pytest.approx(eager.losses, rel=LOSS_RTOL)
+def _assert_trains_alike(eager: Run, fast: Run, bf16: bool) -> None:
+    first_rtol, loss_rtol, weights_rtol = TOLERANCE[bf16]
+    assert fast.losses[0] == pytest.approx(eager.losses[0], rel=first_rtol)
+    assert fast.losses == pytest.approx(eager.losses, rel=loss_rtol)
     a, b = eager.model.state_dict(), fast.model.state_dict()
     weights = [k for k, v in a.items() if v.is_floating_point()]
     moved = torch.cat([(a[k] - eager.start[k]).flatten() for k in weights]).norm()
     apart = torch.cat([(a[k] - b[k]).flatten() for k in weights]).norm()
-    assert moved > 0 and apart <= WEIGHTS_RTOL * moved, f"{apart:.3g} apart, {moved:.3g} moved"
+    assert moved > 0 and apart <= weights_rtol * moved, f"{apart:.3g} apart, {moved:.3g} moved"
     assert not torch.equal(a[weights[0]], eager.start[weights[0]])
 
 
@@ -155,14 +157,15 @@ def _assert_trains_alike(eager: Run, fast: Run) -> None:
 def test_compiled_step_trains_like_the_eager_step(bf16):
     eager, fast = _train("off", bf16), _train("on", bf16)
     assert fast.optimizer.defaults["fused"] is True
-    _assert_trains_alike(eager, fast)
+    _assert_trains_alike(eager, fast, bf16)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_compiled_step_trains_like_the_eager_step_on_cuda():
     cuda = torch.device("cuda")
-    _assert_trains_alike(_train("off", True, device=cuda), _train("on", True, device=cuda))
+    eager, fast = _train("off", True, device=cuda), _train("on", True, device=cuda)
+    _assert_trains_alike(eager, fast, bf16=True)
 
 
 # --------------------------------------------------- the device-type choices, with a stand-in
