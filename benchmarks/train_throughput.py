@@ -36,10 +36,14 @@ only. Targets are printed as PASS/MISS, never asserted. Sections, in the order t
     convolution and a 3x3 convolution of the U-Net's shape; bf16 for the project's contenders
     when training runs in bf16 autocast, ``train.bf16`` where the CPU has native bf16, see
     ``petseg.device.native_bf16``; float32 otherwise). Target >= 0.70 for unet at 128 px, batch
-    32. Then the per-op breakdown of one profiled bare step of the project's contenders
-    (``torch.profiler``, ``--top-ops`` rows by self time, each op's phase: forward (with the
-    loss), backward or optimizer) and the convolutions' share of it: the FLOPs over the
-    convolutions' own time is the ratio the step could reach if everything else took no time.
+    32. The ceiling at N threads is the best rate seen with at most N threads (more threads can
+    do what fewer did; on a busy machine a 2-thread product is disturbed more often than a
+    1-thread one). Then the per-op breakdown of the project's bare contenders: the least
+    disturbed of ``--profile-steps`` profiled steps (``torch.profiler``, ``--top-ops`` rows by
+    self time, each op's phase: forward (with the loss), backward or optimizer; compiled kernels
+    by their generated names, ``graph_0_cpp_fused_<ops>_<n>``) and the convolutions' share of
+    it: the FLOPs over the convolutions' own time is the ratio the step could reach if
+    everything else took no time. "med s" = median step time, for context.
     "kflt" = minor page faults of the process per step, in thousands (memory the allocator took
     fresh from the OS and the kernel zeroed; its cost lands in the self time of the ops that
     first write the memory). For the archs in ``--explore`` the bare step is also timed in the
@@ -99,6 +103,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch._inductor.config
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
@@ -298,14 +303,17 @@ class Ceiling:
                     best[kind] = max(best[kind], inner * flops / (time.perf_counter() - t) / 1e9)
 
     def of(self, threads: int, dtype: torch.dtype) -> float:
-        """The ceiling in GFLOP/s: the best of the three products."""
-        return max(self.best[(threads, dtype)].values())
+        """The ceiling in GFLOP/s: the best of the three products with at most ``threads``
+        threads (more threads can always do what fewer did)."""
+        seen = [max(b.values()) for (n, d), b in self.best.items() if d == dtype and n <= threads]
+        return max(seen)
 
     def print(self) -> None:
         print("\nCeilings, best seen in this run (GFLOP/s; the ceiling is the best of the three):")
         for (threads, dtype), best in sorted(self.best.items(), key=str):
             rates = ", ".join(f"{k} {v:7.1f}" for k, v in best.items())
-            print(f"    {threads} thread(s), {str(dtype).removeprefix('torch.'):8s}: {rates}")
+            dt, ceil = str(dtype).removeprefix("torch."), self.of(threads, dtype)
+            print(f"    {threads} thread(s), {dt:8s}: {rates} -> ceiling {ceil:.1f}")
 
 
 # --------------------------------------------------------------------------- step contenders
@@ -562,7 +570,7 @@ def time_contenders(
             c.feed.append(fed)
             c.faults.append(faults)
         for n, dtype in sorted({(c.threads, c.dtype) for c in contenders}, key=str):
-            ceiling.measure(n, dtype)
+            ceiling.measure(n, dtype, reps=args.ceiling_reps)
         log(f"{arch}: round {r + 1}/{args.steps} done, load {load_str()}")
     torch.set_num_threads(args.threads)
 
@@ -596,7 +604,7 @@ def bench_arch(
     flops = step_flops(init, s.loss_fn, s.x, s.y)
     fwd_gflops = gflops_per_image(copy.deepcopy(init), args.size)
     time_contenders(arch, contenders, args, ceiling)
-    breakdowns = {c.label: op_breakdown(c) for c in contenders if c.profile}
+    breakdowns = {c.label: op_breakdown(c, args.profile_steps) for c in contenders if c.profile}
     return {
         "arch": arch, "flops": flops, "fwd_gflops": fwd_gflops, "contenders": contenders,
         "breakdowns": breakdowns,
@@ -620,16 +628,21 @@ def _is_conv(name: str) -> bool:
     return name.startswith(("aten::", "mkldnn::", "cudnn::")) and "conv" in name
 
 
-def op_breakdown(c: Contender) -> dict[str, Any]:
-    """Self time per (phase, op) of one profiled step of ``c`` (torch.profiler; on CUDA the
-    GPU time of each op's kernels), largest first, and the convolutions' share of it."""
+def op_breakdown(c: Contender, steps: int) -> dict[str, Any]:
+    """Self time per (phase, op) of the least disturbed of ``steps`` profiled steps of ``c``
+    (torch.profiler; on CUDA the GPU time of each op's kernels), largest first, and the
+    convolutions' share of it."""
+    found = [_profiled_step(c) for _ in range(steps)]
+    return min(found, key=lambda b: b["total_ms"])
+
+
+def _profiled_step(c: Contender) -> dict[str, Any]:
     cuda = DEV.type == "cuda"
     acts = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
     torch.set_num_threads(c.threads)
     with profile(activities=acts) as prof:
         c.step()
         sync()
-    torch.set_num_threads(c.threads)
     ms: dict[tuple[str, str], float] = {}
     calls: dict[tuple[str, str], int] = {}
     for ev in prof.events():
@@ -652,7 +665,8 @@ def print_breakdown(
     print(f"    {label}: top {top} ops by self {where} time of one profiled step ({total:.0f} ms)")
     print(f"      {'phase':9s} {'op':58s} {'ms':>8s} {'share':>6s} {'calls':>5s}")
     for phase, name, v, n in b["rows"][:top]:
-        print(f"      {phase:9s} {name[:58]:58s} {v:8.1f} {v / total:6.1%} {n:5d}")
+        short = name if len(name) <= 58 else f"{name[:38]}..{name[-18:]}"
+        print(f"      {phase:9s} {short:58s} {v:8.1f} {v / total:6.1%} {n:5d}")
     conv_rate = flops / (b["conv_ms"] / 1000) / 1e9 if b["conv_ms"] else math.nan
     share = b["conv_ms"] / total
     print(
@@ -683,7 +697,8 @@ def _eff(c: Contender, flops: float, ceiling: Ceiling) -> float:
 
 def print_table(results: list[dict[str, Any]], ceiling: Ceiling, args: argparse.Namespace) -> None:
     head = (
-        f"{'arch':8s} {'contender':52s} {'thr':>3s} {'best s':>7s} {'img/s':>6s} {'cores':>5s} "
+        f"{'arch':8s} {'contender':52s} {'thr':>3s} {'best s':>7s} {'med s':>6s} {'img/s':>6s} "
+        f"{'cores':>5s} "
         f"{'kflt':>5s} {'feed ms':>7s} {'GFLOP/s':>7s} {'/ceil':>5s} {'first s':>7s}"
     )
     print(head)
@@ -692,8 +707,8 @@ def print_table(results: list[dict[str, Any]], ceiling: Ceiling, args: argparse.
         arch, flops = res["arch"], res["flops"]
         for c in res["contenders"]:
             row = (
-                f"{arch:8s} {c.label:52s} {c.threads:3d} {c.best:7.2f} {args.batch / c.best:6.2f} "
-                f"{c.best_cores:5.2f} {_median(c.faults) / 1000:5.0f} "
+                f"{arch:8s} {c.label:52s} {c.threads:3d} {c.best:7.2f} {_median(c.wall):6.2f} "
+                f"{args.batch / c.best:6.2f} {c.best_cores:5.2f} {_median(c.faults) / 1000:5.0f} "
             )
             if c.real:
                 row += f"{1000 * min(c.feed):7.1f} {'':13s}"
@@ -981,7 +996,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per contender")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per contender")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per contender first")
     parser.add_argument("--archs", default="strided,unpool,unet")
     parser.add_argument("--explore", default="unet", help="archs timed with every --variants too")
@@ -1003,6 +1018,12 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=0, help="0 = all available cores")
     parser.add_argument("--top-ops", type=int, default=10, help="rows of the per-op breakdown")
+    parser.add_argument(
+        "--profile-steps", type=int, default=3, help="profiled steps; the fastest is broken down"
+    )
+    parser.add_argument(
+        "--ceiling-reps", type=int, default=2, help="calls of each ceiling product per round"
+    )
     parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
@@ -1064,6 +1085,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     if not args.warm_compile_cache:  # compile time from a cold cache, as a first training run
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor-cache")
+    # Name each compiled kernel in the breakdown (one profiler mark per kernel call: negligible
+    # next to a step; the generated code differs from train()'s by these marks only).
+    torch._inductor.config.cpp.enable_kernel_profile = True
 
     t_start = time.perf_counter()
     gpu = f", {torch.cuda.get_device_name(DEV)}" if DEV.type == "cuda" else ""
