@@ -21,30 +21,40 @@ only. Targets are printed as PASS/MISS, never asserted. Sections, in the order t
     the batch), AdamW state, the weight average and glibc's heap; RESULTS.md has the figures.
 (a) feed overhead: images/s of the REAL training loop -- ``Feed.batch`` from uint8 tensors,
     ``augment_batch`` with the default AugmentParams, then ``engine.train_one_epoch`` with the
-    project's loss, parameter groups, AdamW and scheduler -- divided by images/s of the BARE step
-    (forward, loss, backward, AdamW step) on one resident pre-normalised channels_last batch,
-    same model and optimizer: the median over rounds of bare time / real time of back-to-back
-    steps (best/best is printed too). Target >= 0.95. With a few steps such two-sided ratios
-    carry a few % of machine noise; "non-feed share" (1 - feed time / step time, within each
-    real step) is the steadier reading of the same question. "feed ms" = time making the batch.
+    project's loss, optimizer (``optim.make_optimizer``), scheduler and weight average
+    (``train.ema_epochs``, updated after every step as train() does) -- divided by images/s of
+    the BARE step (forward, loss, backward, optimizer step) on one resident pre-normalised
+    channels_last batch, same network and optimizer, a model of its own: the median over rounds
+    of bare time / real time of back-to-back steps (best/best is printed too). Target >= 0.95.
+    With a few steps such two-sided ratios carry a few % of machine noise; "non-feed share"
+    (1 - feed time / step time, within each real step) is the steadier reading of the same
+    question. "feed ms" = time making the batch.
 (b) compute efficiency: FLOPs of one training step (forward + backward, counted once by
-    ``torch.utils.flop_counter.FlopCounterMode``) / best bare step time, divided by the GFLOP/s
-    of a float32 4096^3 ``torch.mm`` timed in the same process with the same threads ("/mm",
-    the target: >= 0.75 for unet at 128 px, batch 32). "/1x1" divides by the same product run
-    as a oneDNN 1x1 convolution instead: ``torch.mm`` is MKL SGEMM, which may not use its widest
-    kernels on non-Intel CPUs, while the model's convolutions run on oneDNN, so "/1x1" is the
-    ceiling the convolutions could really reach. The project's contenders run in the precision
-    training uses (``train.bf16``: bf16 autocast where the CPU has native bf16, see
-    ``petseg.device.native_bf16``); their FLOPs are still divided by the float32 ceilings, i.e.
-    the ratio says how much faster than a float32 GEMM the step runs. For the archs in
-    ``--explore`` the bare step is also timed in the ``--variants``:
-    ``{eager|compiled[:mode]}-{cl|nchw}[-fused][-bf16][-t<N>]`` = eager or ``torch.compile``
-    (inductor), channels_last or NCHW, ``AdamW(fused=True)``, bf16 autocast (else float32), N
-    threads (its ratio then uses the GEMM ceiling at N threads). "first s" = the first step,
-    i.e. compile + one step for compiled variants; the inductor cache starts empty in each run
-    (unless ``--warm-compile-cache``), but later compiles in a run reuse the earlier ones'
-    kernels, so only the first compiled variant shows a cold compile. The real loop driving the
-    first compiled channels_last model is timed too ((a) for a compiled model).
+    ``torch.utils.flop_counter.FlopCounterMode``) / best bare step time, divided by the ceiling
+    of the precision the step computes in, measured in the same process with the same threads
+    after every round (``Ceiling``: the best of a square ``torch.mm``, the same product as a 1x1
+    convolution and a 3x3 convolution of the U-Net's shape; bf16 for the project's contenders
+    when training runs in bf16 autocast, ``train.bf16`` where the CPU has native bf16, see
+    ``petseg.device.native_bf16``; float32 otherwise). Target >= 0.70 for unet at 128 px, batch
+    32. The ceiling at N threads is the best rate seen with at most N threads (more threads can
+    do what fewer did; on a busy machine a 2-thread product is disturbed more often than a
+    1-thread one). Then the per-op breakdown of the project's bare contenders: the least
+    disturbed of ``--profile-steps`` profiled steps (``torch.profiler``, ``--top-ops`` rows by
+    self time, each op's phase: forward (with the loss), backward or optimizer; compiled kernels
+    by their generated names, ``graph_0_cpp_fused_<ops>_<n>``) and the convolutions' share of
+    it: the FLOPs over the convolutions' own time is the ratio the step could reach if
+    everything else took no time. "med s" = median step time, for context.
+    "kflt" = minor page faults of the process per step, in thousands (memory the allocator took
+    fresh from the OS and the kernel zeroed; its cost lands in the self time of the ops that
+    first write the memory). For the archs in ``--explore`` the bare step is also timed in the
+    ``--variants``: ``{eager|compiled[:mode]}-{cl|nchw}[-fused][-bf16][-t<N>]`` = eager or
+    ``torch.compile`` (inductor) of the model alone, channels_last or NCHW,
+    ``AdamW(fused=True)``, bf16 autocast (else float32), N threads (its ratio then uses the
+    ceiling at N threads). "first s" = the first step, i.e. compile + one step for compiled
+    variants; the inductor cache starts empty in each run (unless ``--warm-compile-cache``), but
+    later compiles in a run reuse the earlier ones' kernels, so only the first compiled variant
+    shows a cold compile. The real loop driving the first compiled channels_last variant is
+    timed too ((a) for a compiled model).
 (c) batch feed: images/s of ``Feed.batch`` with augmentation from the uint8 arrays in memory,
     divided by the best naive per-sample ``DataLoader`` (``Dataset.__getitem__``: PIL open +
     convert RGB + resize, image BILINEAR, trimap NEAREST, to uint8 tensors; default collate;
@@ -55,9 +65,9 @@ only. Targets are printed as PASS/MISS, never asserted. Sections, in the order t
 
 On CUDA (``--device cuda``): models, resident batch and feed run on the GPU, with the arrays in
 GPU memory as ``train()`` holds them there (``petseg.engine.on_device``); every timed step is
-bracketed by ``torch.cuda.synchronize``; the ceilings of (b) are a bf16 8192^3 ``torch.mm``
-(cuBLAS) and the same product as a cuDNN 1x1 convolution, bf16 being what training runs in
-there; "feed ms" is the host time to queue the feed's kernels. (d) trains with
+bracketed by ``torch.cuda.synchronize``; the ceilings of (b) use 8192^3 products (cuBLAS,
+cuDNN) and the breakdown the GPU time of each op's kernels; "feed ms" is the host time to queue
+the feed's kernels. (d) trains with
 ``train.device: auto`` (so on the GPU) and also prints the GPU's peak allocated memory. Give
 the naive loader of (c) as many workers as the machine has cores (``--naive-workers 0,16``).
 
@@ -87,17 +97,27 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch._inductor.config
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.data import DataLoader, Dataset
 
 from petseg import CLASSES, NUM_CLASSES
+from petseg.compiled import (
+    ForwardLoss,
+    check_compile,
+    eager_forward,
+    forward_loss,
+    keep_freed_memory,
+)
 from petseg.config import (
     AugmentParams,
     ModelsParams,
@@ -108,11 +128,11 @@ from petseg.config import (
 from petseg.data.oxford import image_path, read_list, trimap_path, trimap_to_labels
 from petseg.data.prepared import MANIFEST, SPLITS
 from petseg.data.synthetic import generate
-from petseg.device import autocast, cpu_name, precision
+from petseg.device import cpu_name, precision
 from petseg.engine import Feed, on_device, train_one_epoch
 from petseg.losses import make_loss
 from petseg.models import build_model, gflops_per_image
-from petseg.optim import make_scheduler, param_groups
+from petseg.optim import make_optimizer, make_scheduler, param_groups, weight_average
 from petseg.runtime import Runtime
 from petseg.train import epoch_order
 
@@ -121,7 +141,7 @@ DEV = CPU  # --device: where the models train (the feed's source arrays stay in 
 GIB = 1024**3
 # The real set: 3,680 trainval (85 % train / 15 % val) + the rest as test = 7,390 images.
 REAL_SPLIT_SIZES = {"train": 3128, "val": 552, "test": 3710}
-TARGETS = {"a": 0.95, "b": 0.75, "c": 50.0, "d_gib": 2.0}
+TARGETS = {"a": 0.95, "b": 0.70, "c": 50.0, "d_gib": 2.0}
 
 
 def log(msg: str) -> None:
@@ -235,49 +255,65 @@ def write_large_prepared(
 
 # ------------------------------------------------------------------------------ ceilings
 class Ceiling:
-    """Best GEMM rate seen in this process, per thread count: ``torch.mm`` and the same product
-    as a 1x1 convolution (the library the model's convolutions use: oneDNN on CPU, cuDNN on
-    CUDA). On CPU in float32 (MKL SGEMM); on CUDA in bf16, the precision training runs in there
-    (``train.bf16``), so the ratio is against the tensor cores' real bf16 rate."""
+    """Best rate seen in this process, per (threads, precision), of the three products a training
+    step's FLOPs are made of: a square ``torch.mm``, the same product as a 1x1 convolution, and a
+    3x3 convolution of the U-Net's shape (channels_last, batch 32, 128 -> 128 channels at 32x32:
+    its third level at 128 px), all in the library the model's convolutions use (oneDNN on a CPU,
+    cuDNN on CUDA). The ceiling of a precision is the best of the three: what this hardware was
+    seen to reach, in the precision the step computes in (bf16 under autocast, else float32)."""
+
+    KINDS = ("mm", "1x1", "3x3")
 
     def __init__(self, n: int = 4096) -> None:
-        cuda = DEV.type == "cuda"
-        n = 8192 if cuda else n  # a product large enough to fill a GPU
-        self.dtype = torch.bfloat16 if cuda else torch.float32
-        self.flops = 2.0 * n**3
-        kw = {"device": DEV, "dtype": self.dtype}
-        self.a, self.b = torch.randn(n, n, **kw), torch.randn(n, n, **kw)
-        self.c = torch.empty(n, n, **kw)
-        # (1, n, 64, 64) x (n, n, 1, 1): an n x 4096 x n product (the matmul's own on a CPU)
-        side = 64
-        self.flops_conv = 2.0 * n * n * side * side
-        self.x = torch.randn(1, n, side, side, **kw).contiguous(memory_format=torch.channels_last)
-        self.w = torch.randn(n, n, 1, 1, **kw).contiguous(memory_format=torch.channels_last)
-        self.mm: dict[int, float] = {}
-        self.onednn: dict[int, float] = {}
+        self.n = 8192 if DEV.type == "cuda" else n  # a product large enough to fill a GPU
+        self.best: dict[tuple[int, torch.dtype], dict[str, float]] = {}
+        self._ops: dict[torch.dtype, list[tuple[str, float, Callable[[], Any]]]] = {}
 
-    def measure(self, threads: int, reps: int = 1) -> None:
+    def _make(self, dtype: torch.dtype) -> list[tuple[str, float, Callable[[], Any]]]:
+        n, cl = self.n, torch.channels_last
+        kw = {"device": DEV, "dtype": dtype}
+        a, b, c = torch.randn(n, n, **kw), torch.randn(n, n, **kw), torch.empty(n, n, **kw)
+        # (1, n, 64, 64) x (n, n, 1, 1): an n x 4096 x n product (the matmul's own on a CPU)
+        x1 = torch.randn(1, n, 64, 64, **kw).contiguous(memory_format=cl)
+        w1 = torch.randn(n, n, 1, 1, **kw).contiguous(memory_format=cl)
+        x3 = torch.randn(32, 128, 32, 32, **kw).contiguous(memory_format=cl)
+        w3 = torch.randn(128, 128, 3, 3, **kw).contiguous(memory_format=cl)
+        return [
+            ("mm", 2.0 * n**3, lambda: torch.mm(a, b, out=c)),
+            ("1x1", 2.0 * n * n * 64 * 64, lambda: F.conv2d(x1, w1)),
+            ("3x3", 2.0 * 32 * 128 * 128 * 9 * 32 * 32, lambda: F.conv2d(x3, w3, padding=1)),
+        ]
+
+    def measure(self, threads: int, dtype: torch.dtype, reps: int = 1) -> None:
         torch.set_num_threads(threads)
-        first = threads not in self.mm
+        first = dtype not in self._ops or (threads, dtype) not in self.best
+        ops = self._ops.setdefault(dtype, self._make(dtype))
+        best = self.best.setdefault((threads, dtype), dict.fromkeys(self.KINDS, 0.0))
+        inner = 10 if DEV.type == "cuda" else 1  # one GPU product takes ~1 ms
         with torch.no_grad():
-            if first:  # warm-up: MKL and oneDNN set up their kernels on the first call
-                torch.mm(self.a, self.b, out=self.c)
-                F.conv2d(self.x, self.w)
-            inner = 10 if DEV.type == "cuda" else 1  # one GPU product takes ~1 ms
-            for _ in range(reps + first):
-                sync()
-                t = time.perf_counter()
-                for _ in range(inner):
-                    torch.mm(self.a, self.b, out=self.c)
-                sync()
-                mm = inner * self.flops / (time.perf_counter() - t) / 1e9
-                self.mm[threads] = max(self.mm.get(threads, 0.0), mm)
-                t = time.perf_counter()
-                for _ in range(inner):
-                    F.conv2d(self.x, self.w)
-                sync()
-                dnn = inner * self.flops_conv / (time.perf_counter() - t) / 1e9
-                self.onednn[threads] = max(self.onednn.get(threads, 0.0), dnn)
+            for kind, flops, op in ops:
+                if first:  # warm-up: the libraries set up their kernels on the first call
+                    op()
+                for _ in range(reps + first):
+                    sync()
+                    t = time.perf_counter()
+                    for _ in range(inner):
+                        op()
+                    sync()
+                    best[kind] = max(best[kind], inner * flops / (time.perf_counter() - t) / 1e9)
+
+    def of(self, threads: int, dtype: torch.dtype) -> float:
+        """The ceiling in GFLOP/s: the best of the three products with at most ``threads``
+        threads (more threads can always do what fewer did)."""
+        seen = [max(b.values()) for (n, d), b in self.best.items() if d == dtype and n <= threads]
+        return max(seen)
+
+    def print(self) -> None:
+        print("\nCeilings, best seen in this run (GFLOP/s; the ceiling is the best of the three):")
+        for (threads, dtype), best in sorted(self.best.items(), key=str):
+            rates = ", ".join(f"{k} {v:7.1f}" for k, v in best.items())
+            dt, ceil = str(dtype).removeprefix("torch."), self.of(threads, dtype)
+            print(f"    {threads} thread(s), {dt:8s}: {rates} -> ceiling {ceil:.1f}")
 
 
 # --------------------------------------------------------------------------- step contenders
@@ -286,21 +322,26 @@ class Contender:
     label: str
     step: Callable[[], float]  # runs one step; returns seconds spent feeding (0 for bare)
     threads: int
+    dtype: torch.dtype  # what its products compute in: its ceiling's precision
     real: bool = False
     compiled: bool = False
     twin: Contender | None = None  # for a real loop: the bare step on the same model
+    profile: bool = False  # print its per-op breakdown
     first_s: float = math.nan
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     feed: list[float] = field(default_factory=list)
+    faults: list[int] = field(default_factory=list)  # minor page faults of the process
 
-    def run(self) -> tuple[float, float, float]:
+    def run(self) -> tuple[float, float, float, int]:
         torch.set_num_threads(self.threads)
         sync()
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         c0, t0 = time.process_time(), time.perf_counter()
         fed = self.step()
         sync()
-        return time.perf_counter() - t0, time.process_time() - c0, fed
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return wall, cpu, fed, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
 
     @property
     def best(self) -> float:
@@ -312,52 +353,72 @@ class Contender:
         return self.cpu[i] / self.wall[i]
 
 
-def bare_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    bf16: bool = False,
-) -> Callable[[], float]:
+@dataclass(frozen=True)
+class Setup:
+    """What every contender of one architecture shares."""
+
+    arch: str
+    params: TrainParams
+    init_state: dict[str, torch.Tensor]
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    feed: Feed
+    order: Iterator[torch.Tensor]
+    aug_gen: torch.Generator
+    x: torch.Tensor  # the resident batch: pre-normalised, channels_last, no augmentation
+    y: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Net:
+    """A model and what steps it: forward pass with loss, optimizer, memory policy."""
+
+    model: nn.Module
+    forward: ForwardLoss  # (x, y) -> loss: eager, or compiled (petseg.compiled)
+    optimizer: torch.optim.Optimizer
+    keep_memory: bool = False  # train.compile's keep_freed_memory around the step
+
+
+def bare_step(net: Net, x: torch.Tensor, y: torch.Tensor) -> Callable[[], float]:
     def step() -> float:
-        with autocast(DEV, bf16):
-            out = model(x)
-        loss = loss_fn(out, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with keep_freed_memory(DEV, net.keep_memory):
+            with record_function("step.forward"):
+                loss = net.forward(x, y)
+            net.optimizer.zero_grad(set_to_none=True)
+            with record_function("step.backward"):
+                loss.backward()
+            with record_function("step.optimizer"):
+                net.optimizer.step()
         return 0.0
 
     return step
 
 
 def real_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    feed: Feed,
+    net: Net,
+    s: Setup,
     images: torch.Tensor,
     masks: torch.Tensor,
-    order: Iterator[torch.Tensor],
-    aug_gen: torch.Generator,
-    bf16: bool = False,
+    bf16: bool,
+    after_step: Callable[[], None] | None = None,
 ) -> Callable[[], float]:
-    """One step of the project's loop: train_one_epoch over a one-batch generator from Feed."""
+    """One step of the project's loop: train_one_epoch over a one-batch generator from Feed,
+    with the schedule and then ``after_step`` (train() updates its weight average there)."""
+    scheduler = make_scheduler(net.optimizer, s.params, 1_000_000)
 
     def step() -> float:
         fed = [0.0]
 
         def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             t = time.perf_counter()  # on CUDA: host time to queue the feed's kernels
-            batch = feed.batch(images, masks, next(order), aug_gen)
+            batch = s.feed.batch(images, masks, next(s.order), s.aug_gen)
             fed[0] = time.perf_counter() - t
             yield batch
 
-        train_one_epoch(
-            model, batches(), 1, optimizer, scheduler, loss_fn, 1, bf16, DEV, progress=False
-        )
+        with keep_freed_memory(DEV, net.keep_memory):
+            train_one_epoch(
+                net.model, batches(), 1, net.optimizer, scheduler, s.loss_fn, 1, bf16, DEV,
+                progress=False, after_step=after_step, forward=net.forward,
+            )  # fmt: skip
         return fed[0]
 
     return step
@@ -425,6 +486,95 @@ class Variant:
         return f"bare {how} {fmt}{fused}{' bf16' if self.bf16 else ''}{thr}"
 
 
+def fresh_model(s: Setup, fmt: torch.memory_format = torch.channels_last) -> nn.Module:
+    model = build_model(s.arch, ModelsParams(), NUM_CLASSES)
+    model.load_state_dict(s.init_state)
+    return model.to(DEV, memory_format=fmt)
+
+
+def project_net(s: Setup, compile: bool) -> Net:
+    """A fresh model with the optimizer and forward pass train() gives it for ``compile``."""
+    p = s.params.model_copy(update={"compile": compile})
+    model = fresh_model(s)
+    forward = forward_loss(model, s.loss_fn, DEV, p.bf16, compile)
+    return Net(model, forward, make_optimizer(model, p), keep_memory=compile)
+
+
+def project_contenders(
+    s: Setup, images: torch.Tensor, masks: torch.Tensor, threads: int, compile: bool
+) -> list[Contender]:
+    """The project's step as train() runs it with ``train.compile``: bare, and the real loop
+    (Feed, augmentation, train_one_epoch, schedule and weight average) on a model of its own."""
+    check_compile(compile, DEV)
+    bf16 = precision(DEV, s.params.bf16) != "float32"  # as training runs it (train.bf16)
+    dtype, tag = (torch.bfloat16, "bf16") if bf16 else (torch.float32, "fp32")
+    how = f"{'compiled' if compile else 'eager'} channels_last {tag}"
+    net = project_net(s, compile)
+    bare = Contender(
+        f"bare {how} (compile: {str(compile).lower()})", bare_step(net, s.x, s.y), threads, dtype,
+        compiled=compile, profile=True,
+    )  # fmt: skip
+    net = project_net(s, compile)
+    ema = weight_average(net.model, s.params.ema_epochs, 100)
+    after = None if ema is None else partial(ema.update_parameters, net.model)
+    real = Contender(
+        f"real loop {how} (Feed+augment+EMA)", real_step(net, s, images, masks, bf16, after),
+        threads, dtype, real=True, compiled=compile, twin=bare,
+    )  # fmt: skip
+    return [real, bare]
+
+
+def variant_contenders(
+    s: Setup, args: argparse.Namespace, images: torch.Tensor, masks: torch.Tensor
+) -> list[Contender]:
+    """``--variants`` of the bare step, and the real loop driving the first compiled one."""
+    out: list[Contender] = []
+    p, t = s.params, args.threads
+    for v in args.variants:
+        fmt = torch.channels_last if v.channels_last else torch.contiguous_format
+        m = fresh_model(s, fmt)
+        opt = torch.optim.AdamW(
+            param_groups(m, p.weight_decay), lr=p.lr, fused=True if v.fused else None
+        )
+        mode = None if v.mode == "default" else v.mode
+        compiled = m if v.mode is None else torch.compile(m, mode=mode)
+        net = Net(m, eager_forward(compiled, s.loss_fn, DEV, v.bf16), opt)
+        step = bare_step(net, s.x.contiguous(memory_format=fmt), s.y)
+        vt, dtype = v.threads or t, torch.bfloat16 if v.bf16 else torch.float32
+        variant = Contender(v.label(t), step, vt, dtype, compiled=v.mode is not None)
+        out.append(variant)
+        first_compiled = not any(c.real and c.compiled for c in out)
+        if v.mode is not None and v.channels_last and args.real_compiled and first_compiled:
+            step = real_step(net, s, images, masks, v.bf16)
+            label = variant.label.replace("bare ", "real loop, ", 1)
+            out.append(Contender(label, step, vt, dtype, real=True, compiled=True, twin=variant))
+    return out
+
+
+def time_contenders(
+    arch: str, contenders: list[Contender], args: argparse.Namespace, ceiling: Ceiling
+) -> None:
+    """Warm-up steps, then ``--steps`` rounds of one step each, round robin, measuring the
+    ceilings of every (threads, precision) after each round."""
+    for c in contenders:
+        log(f"{arch}: warm-up {c.label}")
+        for i in range(args.warmup):
+            wall, _, _, _ = c.run()
+            if i == 0:
+                c.first_s = wall
+    for r in range(args.steps):
+        for c in contenders:
+            wall, cpu, fed, faults = c.run()
+            c.wall.append(wall)
+            c.cpu.append(cpu)
+            c.feed.append(fed)
+            c.faults.append(faults)
+        for n, dtype in sorted({(c.threads, c.dtype) for c in contenders}, key=str):
+            ceiling.measure(n, dtype, reps=args.ceiling_reps)
+        log(f"{arch}: round {r + 1}/{args.steps} done, load {load_str()}")
+    torch.set_num_threads(args.threads)
+
+
 def bench_arch(
     arch: str,
     args: argparse.Namespace,
@@ -434,187 +584,195 @@ def bench_arch(
 ) -> dict[str, Any]:
     """Sections (a) and (b) for one architecture."""
     p = TrainParams(batch_size=args.batch, threads=args.threads)
-    models = ModelsParams()
     torch.manual_seed(p.seed)
-    model = build_model(arch, models, NUM_CLASSES).to(DEV, memory_format=torch.channels_last)
-    init_state = copy.deepcopy(model.state_dict())
-    optimizer = torch.optim.AdamW(param_groups(model, p.weight_decay), lr=p.lr)
-    scheduler = make_scheduler(optimizer, p, 1_000_000)
-    loss_fn = make_loss(p.class_weights, p.label_smoothing, p.dice_weight, DEV)
-    feed = Feed(DEV, p.channels_last, p.augment)
-    order = epoch_orders(len(images), args.batch, p.seed)
-    aug_gen = torch.Generator().manual_seed(p.seed * 7919 + 1)
-    # The resident batch: pre-normalised, channels_last, no augmentation.
-    x, y = Feed(DEV, True).batch(images, masks, torch.arange(args.batch))
-
-    t = args.threads
-    bf16 = precision(DEV, p.bf16) != "float32"  # as training runs it (train.bf16)
-    tag = "bf16" if bf16 else "fp32"
-    bare = Contender(
-        f"bare eager channels_last {tag} (project)",
-        bare_step(model, optimizer, loss_fn, x, y, bf16),
-        t,
-    )
-    real = Contender(
-        f"real loop (Feed+augment+train_one_epoch) {tag}",
-        real_step(model, optimizer, scheduler, loss_fn, feed, images, masks, order, aug_gen, bf16),
-        t,
-        real=True,
-        twin=bare,
-    )
-    contenders = [real, bare]
+    init = build_model(arch, ModelsParams(), NUM_CLASSES).to(DEV, memory_format=torch.channels_last)
+    s = Setup(
+        arch, p, copy.deepcopy(init.state_dict()),
+        make_loss(p.class_weights, p.label_smoothing, p.dice_weight, DEV),
+        Feed(DEV, p.channels_last, p.augment),
+        epoch_orders(len(images), args.batch, p.seed),
+        torch.Generator().manual_seed(p.seed * 7919 + 1),
+        *Feed(DEV, True).batch(images, masks, torch.arange(args.batch)),
+    )  # fmt: skip
+    contenders = [
+        c
+        for compile in args.compile
+        for c in project_contenders(s, images, masks, args.threads, compile)
+    ]
     if arch in args.explore:
-        for v in args.variants:
-            m = build_model(arch, models, NUM_CLASSES)
-            m.load_state_dict(init_state)
-            fmt = torch.channels_last if v.channels_last else torch.contiguous_format
-            m = m.to(DEV, memory_format=fmt)
-            opt = torch.optim.AdamW(
-                param_groups(m, p.weight_decay), lr=p.lr, fused=True if v.fused else None
-            )
-            mode = None if v.mode == "default" else v.mode
-            net = m if v.mode is None else torch.compile(m, mode=mode)
-            step = bare_step(net, opt, loss_fn, x.contiguous(memory_format=fmt), y, v.bf16)
-            vt = v.threads or t
-            variant = Contender(v.label(t), step, vt, compiled=v.mode is not None)
-            contenders.append(variant)
-            first_compiled = not any(c.real and c.compiled for c in contenders)
-            if v.mode is not None and v.channels_last and args.real_compiled and first_compiled:
-                sch = make_scheduler(opt, p, 1_000_000)
-                step = real_step(
-                    net, opt, sch, loss_fn, feed, images, masks, order, aug_gen, v.bf16
-                )
-                label = variant.label.replace("bare ", "real loop, ", 1)
-                contenders.append(
-                    Contender(label, step, vt, real=True, compiled=True, twin=variant)
-                )
-
-    flops = step_flops(model, loss_fn, x, y)
-    fwd_gflops = gflops_per_image(copy.deepcopy(model), args.size)
-    for c in contenders:
-        log(f"{arch}: warm-up {c.label}")
-        for i in range(args.warmup):
-            wall, _, _ = c.run()
-            if i == 0:
-                c.first_s = wall
-    for r in range(args.steps):
-        for c in contenders:
-            wall, cpu, fed = c.run()
-            c.wall.append(wall)
-            c.cpu.append(cpu)
-            c.feed.append(fed)
-        for n in sorted({c.threads for c in contenders}):
-            ceiling.measure(n)
-        log(f"{arch}: round {r + 1}/{args.steps} done, load {load_str()}")
-    torch.set_num_threads(args.threads)
-    return {"arch": arch, "flops": flops, "fwd_gflops": fwd_gflops, "contenders": contenders}
+        contenders += variant_contenders(s, args, images, masks)
+    flops = step_flops(init, s.loss_fn, s.x, s.y)
+    fwd_gflops = gflops_per_image(copy.deepcopy(init), args.size)
+    time_contenders(arch, contenders, args, ceiling)
+    breakdowns = {c.label: op_breakdown(c, args.profile_steps) for c in contenders if c.profile}
+    return {
+        "arch": arch, "flops": flops, "fwd_gflops": fwd_gflops, "contenders": contenders,
+        "breakdowns": breakdowns,
+    }  # fmt: skip
 
 
-def report_ab(results: list[dict[str, Any]], ceiling: Ceiling, args: argparse.Namespace) -> dict:
-    if DEV.type == "cuda":
-        print("\nGEMM ceilings, best seen (bf16, 8192^3 product on the GPU):")
-        for n in sorted(ceiling.mm):
-            print(
-                f"    torch.mm (cuBLAS) {ceiling.mm[n]:8.1f} GFLOP/s, "
-                f"cuDNN 1x1 conv {ceiling.onednn[n]:8.1f} GFLOP/s"
-            )
-    else:
-        print("\nGEMM ceilings, best seen (float32, 4096^3 product):")
-        for n in sorted(ceiling.mm):
-            print(
-                f"    {n} thread(s): torch.mm (MKL) {ceiling.mm[n]:6.1f} GFLOP/s, "
-                f"oneDNN 1x1 conv {ceiling.onednn[n]:6.1f} GFLOP/s"
-            )
+# ------------------------------------------------------------------------- per-op breakdown
+PHASES = ("step.forward", "step.backward", "step.optimizer")  # bare_step's record_function marks
+
+
+def _phase(event: Any) -> str:
+    while event is not None:
+        if event.name in PHASES:
+            return event.name.removeprefix("step.")
+        event = event.cpu_parent
+    return "other"
+
+
+def _is_conv(name: str) -> bool:
+    """A convolution run by the library (forward, backward, transposed); not a fused kernel."""
+    return name.startswith(("aten::", "mkldnn::", "cudnn::")) and "conv" in name
+
+
+def op_breakdown(c: Contender, steps: int) -> dict[str, Any]:
+    """Self time per (phase, op) of the least disturbed of ``steps`` profiled steps of ``c``
+    (torch.profiler; on CUDA the GPU time of each op's kernels), largest first, and the
+    convolutions' share of it."""
+    found = [_profiled_step(c) for _ in range(steps)]
+    return min(found, key=lambda b: b["total_ms"])
+
+
+def _profiled_step(c: Contender) -> dict[str, Any]:
+    cuda = DEV.type == "cuda"
+    acts = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    torch.set_num_threads(c.threads)
+    with profile(activities=acts) as prof:
+        c.step()
+        sync()
+    ms: dict[tuple[str, str], float] = {}
+    calls: dict[tuple[str, str], int] = {}
+    for ev in prof.events():
+        if ev.name in PHASES:
+            continue
+        key = (_phase(ev), ev.name)
+        self_us = ev.self_device_time_total if cuda else ev.self_cpu_time_total
+        ms[key] = ms.get(key, 0.0) + self_us / 1000
+        calls[key] = calls.get(key, 0) + 1
+    rows = sorted(((*k, v, calls[k]) for k, v in ms.items() if v > 0), key=lambda r: -r[2])
+    conv = sum(v for (_, name), v in ms.items() if _is_conv(name))
+    return {"total_ms": sum(ms.values()), "conv_ms": conv, "rows": rows}
+
+
+def print_breakdown(
+    label: str, b: dict[str, Any], flops: float, ceil: float, top: int
+) -> dict[str, float]:
+    total = b["total_ms"]
+    where = "GPU" if DEV.type == "cuda" else "CPU"
+    print(f"    {label}: top {top} ops by self {where} time of one profiled step ({total:.0f} ms)")
+    print(f"      {'phase':9s} {'op':58s} {'ms':>8s} {'share':>6s} {'calls':>5s}")
+    for phase, name, v, n in b["rows"][:top]:
+        short = name if len(name) <= 58 else f"{name[:38]}..{name[-18:]}"
+        print(f"      {phase:9s} {short:58s} {v:8.1f} {v / total:6.1%} {n:5d}")
+    conv_rate = flops / (b["conv_ms"] / 1000) / 1e9 if b["conv_ms"] else math.nan
+    share = b["conv_ms"] / total
+    print(
+        f"      convolutions (forward + backward) {b['conv_ms']:.0f} ms = {share:.1%} of it, at "
+        f"{conv_rate:.0f} GFLOP/s = {conv_rate / ceil:.2f} of the ceiling: the bound on the step's "
+        "ratio while they run at that rate"
+    )
+    return {"conv_share": share, "conv_vs_ceiling": conv_rate / ceil}
+
+
+# ----------------------------------------------------------------------------------- report
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def _paired(real: Contender) -> float:
+    """Median over rounds of bare time / real time: each pair ran back to back."""
+    assert real.twin is not None
+    return _median([b / r for b, r in zip(real.twin.wall, real.wall, strict=True)])
+
+
+def _eff(c: Contender, flops: float, ceiling: Ceiling) -> float:
+    """GFLOP/s of the best step / the ceiling of its precision and threads."""
+    return flops / c.best / 1e9 / ceiling.of(c.threads, c.dtype)
+
+
+def print_table(results: list[dict[str, Any]], ceiling: Ceiling, args: argparse.Namespace) -> None:
     head = (
-        f"{'arch':8s} {'contender':48s} {'thr':>3s} {'best s':>7s} {'img/s':>6s} {'cores':>5s} "
-        f"{'feed ms':>7s} {'GFLOP/s':>7s} {'/mm':>5s} {'/1x1':>5s} {'first s':>7s}"
+        f"{'arch':8s} {'contender':52s} {'thr':>3s} {'best s':>7s} {'med s':>6s} {'img/s':>6s} "
+        f"{'cores':>5s} "
+        f"{'kflt':>5s} {'feed ms':>7s} {'GFLOP/s':>7s} {'/ceil':>5s} {'first s':>7s}"
     )
     print(head)
     print("-" * len(head))
-
-    def eff(c: Contender, flops: float, ceil: dict[int, float]) -> float:
-        return flops / c.best / 1e9 / ceil[c.threads]
-
-    def median(values: list[float]) -> float:
-        values = sorted(values)
-        mid = len(values) // 2
-        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
-
-    def paired(real: Contender) -> float:
-        """Median over rounds of bare time / real time: each pair ran back to back."""
-        assert real.twin is not None
-        return median([b / r for b, r in zip(real.twin.wall, real.wall, strict=True)])
-
-    summary: dict[str, Any] = {}
     for res in results:
         arch, flops = res["arch"], res["flops"]
         for c in res["contenders"]:
             row = (
-                f"{arch:8s} {c.label:48s} {c.threads:3d} {c.best:7.2f} {args.batch / c.best:6.2f} "
-                f"{c.best_cores:5.2f} "
+                f"{arch:8s} {c.label:52s} {c.threads:3d} {c.best:7.2f} {_median(c.wall):6.2f} "
+                f"{args.batch / c.best:6.2f} {c.best_cores:5.2f} {_median(c.faults) / 1000:5.0f} "
             )
             if c.real:
-                row += f"{1000 * min(c.feed):7.1f} {'':19s}"
+                row += f"{1000 * min(c.feed):7.1f} {'':13s}"
             else:
-                row += (
-                    f"{'':7s} {flops / c.best / 1e9:7.1f} {eff(c, flops, ceiling.mm):5.2f} "
-                    f"{eff(c, flops, ceiling.onednn):5.2f}"
-                )
+                row += f"{'':7s} {flops / c.best / 1e9:7.1f} {_eff(c, flops, ceiling):5.2f}"
             print(f"{row} {c.first_s:7.1f}")
         print(
             f"{'':8s} (train step = {flops / 1e9:.0f} GFLOP fwd+bwd at batch {args.batch}; "
             f"forward {res['fwd_gflops']:.2f} GFLOP/image)"
         )
-    print()
-    for res in results:
-        arch, flops, cs = res["arch"], res["flops"], res["contenders"]
-        real, bare = cs[0], cs[1]
-        ratio_a = paired(real)
-        e = eff(bare, flops, ceiling.mm)
-        bares = [c for c in cs if not c.real]
-        top = min(bares, key=lambda c: c.best)  # the fastest bare step, in images/s
-        top_e = eff(top, flops, ceiling.mm)
-        b_target = arch == "unet" and args.size == 128 and args.batch == 32
+
+
+def report_a(res: dict[str, Any]) -> dict[str, float]:
+    arch, cs = res["arch"], res["contenders"]
+    out = {}
+    for real in (c for c in cs if c.real and c.twin is not None):
+        ratio = _paired(real)
         # Within each real step: the share of its wall time not spent making the batch. Both
         # parts of one step see the same load, so this is steadier than the two-sided ratio.
-        in_loop_med = median([1 - f / w for f, w in zip(real.feed, real.wall, strict=True)])
+        in_loop = _median([1 - f / w for f, w in zip(real.feed, real.wall, strict=True)])
         print(
-            f"(a) {arch:8s} real loop / bare step images/s = {ratio_a:.3f} (median of paired "
-            f"steps; best/best {bare.best / real.best:.3f}) (target >= {TARGETS['a']}) "
-            f"{mark(ratio_a >= TARGETS['a'])}\n    {arch:8s} non-feed share of the real steps "
-            f"(median) {in_loop_med:.3f} {mark(in_loop_med >= TARGETS['a'])}"
+            f"(a) {arch:8s} {real.label} / {real.twin.label} = {ratio:.3f} (median of paired "
+            f"steps; best/best {real.twin.best / real.best:.3f}) (target >= {TARGETS['a']}) "
+            f"{mark(ratio >= TARGETS['a'])}; non-feed share of the real steps (median) "
+            f"{in_loop:.3f}"
         )
-        for c in cs[2:]:
-            if c.real and c.twin is not None:
-                r = paired(c)
-                print(
-                    f"    {arch:8s} {c.label} / its bare step = {r:.3f} {mark(r >= TARGETS['a'])}"
-                )
-        summary[arch] = {
-            "a": ratio_a,
-            "a_non_feed_share": in_loop_med,
-            "b": e,
-            "b_fastest": top_e,
-            "b_fastest_label": top.label,
-        }
-        tgt = (
-            f"(target >= {TARGETS['b']}) {mark(e >= TARGETS['b'])}"
-            if b_target
-            else "(target only defined for unet at 128 px, batch 32)"
+        out.setdefault("a", ratio)
+        out.setdefault("a_non_feed_share", in_loop)
+        out[f"a[{real.label}]"] = ratio
+    return out
+
+
+def report_b(res: dict[str, Any], ceiling: Ceiling, args: argparse.Namespace) -> dict[str, Any]:
+    arch, flops, cs = res["arch"], res["flops"], res["contenders"]
+    target = arch == "unet" and args.size == 128 and args.batch == 32
+    out: dict[str, Any] = {}
+    for c in (c for c in cs if not c.real):
+        e = _eff(c, flops, ceiling)
+        ceil = ceiling.of(c.threads, c.dtype)
+        dt = str(c.dtype).removeprefix("torch.")
+        verdict = f" (target >= {TARGETS['b']}) {mark(e >= TARGETS['b'])}" if target else ""
+        compile_s = max(0.0, c.first_s - c.best)
+        extra = f", first call {c.first_s:.0f} s (compile ~{compile_s:.0f} s)" if c.compiled else ""
+        print(
+            f"(b) {arch:8s} {c.label}: {flops / c.best / 1e9:.0f} GFLOP/s / {dt} ceiling "
+            f"{ceil:.0f} ({c.threads} thr) = {e:.3f}{verdict}{extra}"
         )
-        print(f"(b) {arch:8s} eager channels_last GFLOP/s / torch.mm GFLOP/s = {e:.3f}  {tgt}")
-        if len(bares) > 1:
-            tgt = f"{mark(top_e >= TARGETS['b'])}" if b_target else ""
-            print(f"    {arch:8s} fastest: {top.label} = {top_e:.3f} {tgt}")
-            for c in bares[1:]:
-                extra = ""
-                if c.compiled:
-                    comp = max(0.0, c.first_s - c.best)
-                    extra = f", first call {c.first_s:.0f} s (compile ~{comp:.0f} s)"
-                print(
-                    f"      {c.label:48s} /mm {eff(c, flops, ceiling.mm):.3f}, "
-                    f"images/s x{bare.best / c.best:.2f} of project eager{extra}"
-                )
+        out.setdefault("b", e)
+        out[f"b[{c.label}]"] = e
+    for label, b in res["breakdowns"].items():
+        c = next(c for c in cs if c.label == label)
+        ceil = ceiling.of(c.threads, c.dtype)
+        conv = print_breakdown(label, b, flops, ceil, args.top_ops)
+        out[f"conv[{label}]"] = conv
+    return out
+
+
+def report_ab(results: list[dict[str, Any]], ceiling: Ceiling, args: argparse.Namespace) -> dict:
+    ceiling.print()
+    print_table(results, ceiling, args)
+    print()
+    summary: dict[str, Any] = {}
+    for res in results:
+        summary[res["arch"]] = {**report_a(res), **report_b(res, ceiling, args)}
     return summary
 
 
@@ -838,13 +996,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per contender")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per contender")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per contender first")
     parser.add_argument("--archs", default="strided,unpool,unet")
     parser.add_argument("--explore", default="unet", help="archs timed with every --variants too")
     parser.add_argument(
+        "--compile",
+        default="false,true",
+        help="train.compile values of the project's contenders, comma-separated",
+    )
+    parser.add_argument(
         "--variants",
-        default="eager-cl,eager-cl-bf16-t1,compiled-cl-bf16",
+        default="eager-cl,eager-cl-bf16-t1",
         help="comma-separated {eager|compiled[:mode]}-{cl|nchw}[-fused][-t<threads>]",
     )
     parser.add_argument(
@@ -854,6 +1017,13 @@ def main() -> None:
         help="skip the real loop driving the first compiled channels_last variant",
     )
     parser.add_argument("--threads", type=int, default=0, help="0 = all available cores")
+    parser.add_argument("--top-ops", type=int, default=10, help="rows of the per-op breakdown")
+    parser.add_argument(
+        "--profile-steps", type=int, default=3, help="profiled steps; the fastest is broken down"
+    )
+    parser.add_argument(
+        "--ceiling-reps", type=int, default=2, help="calls of each ceiling product per round"
+    )
     parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
@@ -908,12 +1078,16 @@ def main() -> None:
     for key in ("archs", "explore", "variants", "mem_archs"):
         setattr(args, key, [s for s in getattr(args, key).split(",") if s])
     args.variants = [Variant.parse(v) for v in args.variants]
+    args.compile = [{"false": False, "true": True}[v.strip()] for v in args.compile.split(",")]
     batches = args.mem_batches or f"{TrainParams().batch_size},{args.batch}"
     args.mem_batches = list(dict.fromkeys(int(b) for b in batches.split(",") if b.strip()))
     work = args.workdir or Path(tempfile.mkdtemp(prefix="petseg-train-throughput-"))
     work.mkdir(parents=True, exist_ok=True)
     if not args.warm_compile_cache:  # compile time from a cold cache, as a first training run
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor-cache")
+    # Name each compiled kernel in the breakdown (one profiler mark per kernel call: negligible
+    # next to a step; the generated code differs from train()'s by these marks only).
+    torch._inductor.config.cpp.enable_kernel_profile = True
 
     t_start = time.perf_counter()
     gpu = f", {torch.cuda.get_device_name(DEV)}" if DEV.type == "cuda" else ""
@@ -937,7 +1111,8 @@ def main() -> None:
             summary["d"] = bench_memory(args, work, images_np, masks_np)
         if "a" in args.parts or "b" in args.parts:
             ceiling = Ceiling()
-            ceiling.measure(args.threads, reps=2)
+            bf16 = precision(DEV, TrainParams().bf16) != "float32"
+            ceiling.measure(args.threads, torch.bfloat16 if bf16 else torch.float32, reps=2)
             results = [bench_arch(a, args, images, masks, ceiling) for a in args.archs]
             summary["ab"] = report_ab(results, ceiling, args)
             del results

@@ -309,6 +309,29 @@ def test_stage_rejects_bad_params_with_one_line(prepared, tmp_path):
     assert not (work / "models").exists()
 
 
+def test_stage_rejects_a_bad_compile_value_with_one_line(prepared, tmp_path):
+    work = _workdir(tmp_path, "bad", {"compile": "yes"})
+    proc = subprocess.run(
+        _stage_cmd("unet", work, prepared), cwd=work, env=_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "train.compile = 'yes' is invalid" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_compile_without_a_cpp_compiler_is_one_error_line(prepared, tmp_path):
+    work = _workdir(tmp_path, "nocxx", {"compile": True})
+    env = {**_env(), "CXX": str(tmp_path / "no-such-g++")}  # where inductor looks first
+    proc = subprocess.run(
+        _stage_cmd("unet", work, prepared), cwd=work, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "train.compile = true needs a C++ compiler" in errors[0]
+    assert "set train.compile: false" in errors[0] and "Traceback" not in proc.stderr
+    assert not (work / "models").exists()
+
+
 def test_image_size_not_divisible_by_depth_is_a_params_error(prepared, tmp_path):
     work = _workdir(tmp_path, "deep", {})
     params = yaml.safe_load((work / "params.yaml").read_text())
@@ -422,3 +445,30 @@ def test_the_skip_ablation_trains_from_the_unet_section_and_loads_back(
     assert isinstance(model, UNetNoSkip) and info.arch == "unet_noskip"
     assert info.params == models.unet.model_dump()  # configured by models.unet
     assert result.arch == "unet_noskip" and result.epochs == 1
+
+
+@pytest.mark.slow  # inductor compiles the network: a minute or so with a cold cache
+def test_compiled_training_ends_like_the_eager_one(prepared, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    track = TrackingParams(experiment="compile", system_metrics=False, log_model=False)
+    arch = ModelsParams.model_validate(TINY_MODELS).unet
+    val = load_split(prepared, "val", mmap=False)
+    curves, results = {}, {}
+    for compile in (False, True):
+        paths = _paths(tmp_path / f"compile-{compile}", "unet", prepared)
+        params = TrainParams(**{**TINY_TRAIN, "compile": compile})
+        results[compile] = train("unet", params, arch, track, paths, progress=False)
+        curves[compile] = _read_csv(paths.plot)
+        model, _ = load_model(paths.model)  # a plain state dict: no compiled wrapper's names
+        cm, _, _ = evaluate(
+            model, torch.from_numpy(val.images), torch.from_numpy(val.masks),
+            torch.arange(len(val)), Feed(torch.device("cpu"), True), 8, 3, None,
+            results[compile].precision == "bf16-autocast",
+        )  # fmt: skip
+        assert mean_iou(cm) == pytest.approx(results[compile].best_val_miou, rel=1e-5)
+    losses = {c: [float(r["train_loss"]) for r in rows] for c, rows in curves.items()}
+    # Rounding differences grow over the steps (README: the compiled step's tolerance).
+    assert losses[True] == pytest.approx(losses[False], rel=0.03)
+    assert losses[True] != losses[False]  # it did run another step
+    assert results[True].best_val_miou == pytest.approx(results[False].best_val_miou, abs=0.05)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from petseg.compiled import ForwardLoss, eager_forward
 from petseg.config import AugmentParams
 from petseg.data.augment import make_batch
 from petseg.device import autocast
@@ -107,18 +108,20 @@ def train_one_epoch(
     progress: bool = True,
     desc: str = "",
     after_step: Callable[[], None] | None = None,
+    forward: ForwardLoss | None = None,
 ) -> float:
     """One pass over ``batches``; returns the mean training loss; NaN/inf: DivergenceError.
 
-    ``after_step`` runs after every optimizer step (e.g. to update a weight average)."""
+    ``after_step`` runs after every optimizer step (e.g. to update a weight average);
+    ``forward`` computes the loss of a batch (default: ``model`` under autocast, then
+    ``loss_fn``; :mod:`petseg.compiled` makes the one of ``train.compile``)."""
+    forward = forward or eager_forward(model, loss_fn, device, bf16)
     model.train()
     total = 0.0
     bar = tqdm(total=steps, desc=desc, leave=False, disable=None if progress else True)
     every = max(1, steps // 5)  # plain log lines when there is no terminal for a bar
     for step, (x, y) in enumerate(batches, start=1):
-        with autocast(device, bf16):
-            logits = model(x)
-        loss = loss_fn(logits, y)
+        loss = forward(x, y)
         value = loss.item()
         if not math.isfinite(value):
             bar.close()

@@ -31,6 +31,7 @@ from torch import nn
 
 from petseg import CLASSES, NUM_CLASSES, results, tracking
 from petseg.checkpoint import Checkpoint, Restored, TrainState, data_digest, provenance
+from petseg.compiled import ForwardLoss, check_compile, forward_loss, keep_freed_memory
 from petseg.config import ARCH_SECTIONS, ArchParams, ModelsParams, TrackingParams, TrainParams
 from petseg.data.prepared import load_split, read_manifest
 from petseg.device import Stopwatch, hardware_name, precision
@@ -84,6 +85,7 @@ class Loop:
     steps: int  # optimizer steps per epoch (per process)
     net: nn.Module  # what the optimizer steps through: the model, or DDP around it
     loss_fn: LossFn
+    forward: ForwardLoss  # a batch's loss through net: eager, or compiled (train.compile)
     train_feed: Feed
     eval_feed: Feed
     progress: bool
@@ -109,12 +111,15 @@ def train(
         data = load_data(paths.prepared, rt)
         steps = steps_per_epoch(data, p, rt, paths.prepared)
         check_depth(arch, arch_params, data.image_size)
+        check_compile(p.compile, rt.device)
         model, weights = build_network(arch, p, arch_params, rt, paths.weights_dir, progress)
         encoder = model.backbone() if weights is not None else None
         state = build_state(model, p, rt, steps, encoder)
+        net = rt.wrap(state.model)
+        loss_fn = make_loss(p.class_weights, p.label_smoothing, p.dice_weight, rt.device)
         loop = Loop(
-            arch, p, rt, data, steps, net=rt.wrap(state.model),
-            loss_fn=make_loss(p.class_weights, p.label_smoothing, p.dice_weight, rt.device),
+            arch, p, rt, data, steps, net=net, loss_fn=loss_fn,
+            forward=forward_loss(net, loss_fn, rt.device, p.bf16, p.compile),
             train_feed=Feed(rt.device, p.channels_last, p.augment if p.augment.enabled else None),
             eval_feed=Feed(rt.device, p.channels_last),
             progress=progress and rt.main, encoder=encoder,
@@ -289,11 +294,13 @@ def run_epoch(loop: Loop, state: TrainState, epoch: int) -> dict[str, float]:
     order = epoch_order(d.n_train, loop.steps, p.batch_size, rt, state.shuffle_gen)
     batches = (loop.train_feed.batch(d.images, d.masks, idx, state.aug_gen) for idx in order)
     ema = state.ema
-    train_loss = train_one_epoch(
-        loop.net, batches, loop.steps, state.optimizer, state.scheduler, loop.loss_fn, epoch,
-        p.bf16, rt.device, progress=loop.progress, desc=f"{loop.arch} {epoch}/{p.epochs}",
-        after_step=None if ema is None else lambda: ema.update_parameters(state.model),
-    )  # fmt: skip
+    with keep_freed_memory(rt.device, p.compile):
+        train_loss = train_one_epoch(
+            loop.net, batches, loop.steps, state.optimizer, state.scheduler, loop.loss_fn, epoch,
+            p.bf16, rt.device, progress=loop.progress, desc=f"{loop.arch} {epoch}/{p.epochs}",
+            after_step=None if ema is None else lambda: ema.update_parameters(state.model),
+            forward=loop.forward,
+        )  # fmt: skip
     train_s = watch.elapsed()
     rt.broadcast_buffers(state.judged)
     cm, val_loss_sum, n_val = evaluate(
