@@ -268,6 +268,11 @@ class Ceiling:
         self.n = 8192 if DEV.type == "cuda" else n  # a product large enough to fill a GPU
         self.best: dict[tuple[int, torch.dtype], dict[str, float]] = {}
         self._ops: dict[torch.dtype, list[tuple[str, float, Callable[[], Any]]]] = {}
+        # Memory bandwidth, for reading the breakdown (BatchNorm, ReLU and their fusions are
+        # bound by it): GB/s of copying 256 MiB, bytes read + written, per thread count.
+        self._src = torch.empty(2**27, dtype=torch.bfloat16, device=DEV).fill_(1.0)
+        self._dst = torch.empty_like(self._src)
+        self.copy_gbps: dict[int, float] = {}
 
     def _make(self, dtype: torch.dtype) -> list[tuple[str, float, Callable[[], Any]]]:
         n, cl = self.n, torch.channels_last
@@ -301,6 +306,13 @@ class Ceiling:
                         op()
                     sync()
                     best[kind] = max(best[kind], inner * flops / (time.perf_counter() - t) / 1e9)
+            for _ in range(reps + first):
+                sync()
+                t = time.perf_counter()
+                self._dst.copy_(self._src)
+                sync()
+                gbps = 2 * self._src.nbytes / (time.perf_counter() - t) / 1e9
+                self.copy_gbps[threads] = max(self.copy_gbps.get(threads, 0.0), gbps)
 
     def of(self, threads: int, dtype: torch.dtype) -> float:
         """The ceiling in GFLOP/s: the best of the three products with at most ``threads``
@@ -314,6 +326,8 @@ class Ceiling:
             rates = ", ".join(f"{k} {v:7.1f}" for k, v in best.items())
             dt, ceil = str(dtype).removeprefix("torch."), self.of(threads, dtype)
             print(f"    {threads} thread(s), {dt:8s}: {rates} -> ceiling {ceil:.1f}")
+        for threads, gbps in sorted(self.copy_gbps.items()):
+            print(f"    {threads} thread(s), memory: copying 256 MiB {gbps:.1f} GB/s (read+write)")
 
 
 # --------------------------------------------------------------------------- step contenders
@@ -896,7 +910,9 @@ def memory_child(spec: dict[str, Any]) -> None:
     t = time.perf_counter()
     result = train_mod.train(
         arch,
-        TrainParams(epochs=1, batch_size=spec["batch"], threads=spec["threads"]),
+        TrainParams(
+            epochs=1, batch_size=spec["batch"], threads=spec["threads"], compile=spec["compile"]
+        ),
         getattr(ModelsParams(), arch),
         TrackingParams(experiment="bench-memory", log_model=False, system_metrics=False),
         TrainPaths(
@@ -941,7 +957,8 @@ def bench_memory(
     )
     print(
         f"    limited to {args.mem_steps} train steps and {args.mem_val_batches} validation "
-        "batches by monkeypatching epoch_order/evaluate inside the child"
+        f"batches by monkeypatching epoch_order/evaluate inside the child; train.compile: "
+        f"{str(args.mem_compile).lower()}"
     )
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}")
     env["PYTHONWARNINGS"] = "ignore"
@@ -956,6 +973,7 @@ def bench_memory(
             "val_batches": args.mem_val_batches,
             "batch": batch,
             "threads": args.threads,
+            "compile": args.mem_compile,
         }
         log(f"(d) {arch}, batch {batch}: training in a child process")
         proc = subprocess.run(
@@ -1057,6 +1075,9 @@ def main() -> None:
     )
     parser.add_argument("--mem-steps", type=int, default=2)
     parser.add_argument("--mem-val-batches", type=int, default=2)
+    parser.add_argument(
+        "--mem-compile", action="store_true", help="(d) trains with train.compile: true"
+    )
     parser.add_argument("--parts", default="abcd", help="sections to run; a and b run together")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--warm-compile-cache", action="store_true", help="reuse inductor's cache")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 from collections.abc import Callable, Iterator
 
 import torch
@@ -32,6 +33,8 @@ from torch import nn
 from petseg.device import autocast, precision
 from petseg.errors import ParamsError
 from petseg.losses import LossFn
+
+log = logging.getLogger(__name__)
 
 ForwardLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, masks) -> loss
 
@@ -64,7 +67,9 @@ def compiled_forward(
             logits = net(x)
         return loss_fn(logits, y)
 
-    compiled = torch.compile(forward_loss, mode=compile_mode(device), dynamic=False)
+    mode = compile_mode(device)
+    log.info("train.compile: the first step compiles the network (mode %s)", mode or "default")
+    compiled = torch.compile(forward_loss, mode=mode, dynamic=False)
     if device.type != "cuda":
         return compiled
 
