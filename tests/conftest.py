@@ -58,6 +58,25 @@ def tiny_section(name: str) -> dict[str, Any]:
     return nested
 
 
+def git_copy(dest: Path) -> Path:
+    """The tracked files of this checkout, as they are in the working tree, committed in a new
+    repository at ``dest`` on branch main: what a fresh clone holds."""
+    import os
+    import shutil
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+    for name in filter(None, files.stdout.split(b"\0")):
+        src = ROOT / os.fsdecode(name)
+        if src.is_file():
+            (dest / src.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / src.relative_to(ROOT))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "copy"]):
+        subprocess.run([*git, *cmd], cwd=dest, check=True, capture_output=True)
+    return dest
+
+
 def _shared(name: str) -> Path:
     path = SHARED_DATA / name
     if not path.is_dir():

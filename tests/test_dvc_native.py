@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import git_copy
 
 from petseg.config import ARCH_SECTIONS
 
@@ -53,21 +53,6 @@ def _run(cmd: str | list[str], cwd: Path, **env: str) -> subprocess.CompletedPro
     )  # fmt: skip
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
-
-
-def _git_copy(dest: Path) -> Path:
-    """The tracked files of this checkout in a new repository on branch main."""
-    files = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
-    ).stdout.split(b"\0")
-    for name in filter(None, files):
-        src = ROOT / os.fsdecode(name)
-        if src.is_file():
-            (dest / src.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / src.relative_to(ROOT))
-    _run(["git", "init", "-q", "-b", "main"], dest)
-    _commit(dest, "copy")
-    return dest
 
 
 def _commit(repo: Path, message: str) -> None:
@@ -113,7 +98,7 @@ def server(tmp_path_factory):
 def project(tmp_path_factory, tiny_preset, server) -> Path:
     """A git copy whose committed baseline is the tiny preset's pipeline run, tracked by the
     server: params.yaml, dvc.lock, metrics/ and plots/ committed, as a fresh clone holds them."""
-    dest = _git_copy(tmp_path_factory.mktemp("dvc-native") / "petseg")
+    dest = git_copy(tmp_path_factory.mktemp("dvc-native") / "petseg")
     tiny_preset(dest, {"tracking.system_metrics": True})
     (dest / "tiny.yaml").unlink()
     _run([sys.executable, "-m", "dvc", "repro"], dest, MLFLOW_TRACKING_URI=server)

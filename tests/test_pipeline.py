@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from browser import check_page, vega_js
+from conftest import git_copy
 
 from petseg.config import ARCH_SECTIONS
 
@@ -49,22 +49,7 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_preset) -> Path:
     """A git copy of the tracked project files (what a fresh clone holds)."""
-    dest = tmp_path_factory.mktemp("clone") / "petseg"
-    files = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
-    ).stdout.split(b"\0")
-    for name in filter(None, files):
-        src = ROOT / os.fsdecode(name)
-        if src.is_file():
-            (dest / src.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / src.relative_to(ROOT))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"]):
-        subprocess.run(cmd, cwd=dest, check=True)
-    subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
-        cwd=dest,
-        check=True,
-    )
+    dest = git_copy(tmp_path_factory.mktemp("clone") / "petseg")
     tiny_preset(dest)
     return dest
 
