@@ -48,6 +48,48 @@ def test_outside_dvc_a_run_is_named_after_its_network_and_has_no_parent(store):
     assert exp.tags[tracking.KIND_TAG] == "custom_model_development"
 
 
+def test_a_run_killed_before_its_checkpoint_named_it_is_found_by_its_claim(store):
+    # A kill between the run's creation and the checkpoint that would name it: the run stays
+    # RUNNING, and the next attempt (run_id unknown, the claim in its checkpoint) resumes it.
+    first = tracking.Tracker("t", "unet", store, system_metrics=False, claim="c0ffee")
+    import mlflow
+
+    mlflow.end_run()  # detach without ending it in the store, as a SIGKILL would
+    _client(store).set_terminated(first.run_id, "RUNNING")
+    again = tracking.Tracker("t", "unet", store, system_metrics=False, claim="c0ffee")
+    assert again.resumed and again.run_id == first.run_id
+    again.end()
+    other = tracking.Tracker("t", "unet", store, system_metrics=False, claim="beef")
+    assert not other.resumed
+    other.end()
+    assert sorted(r.info.status for r in _runs(store)) == ["FINISHED", "FINISHED"]
+
+
+def test_an_ignored_checkpoint_that_named_no_run_ends_the_run_of_its_claim(store):
+    killed = tracking.Tracker("t", "unet", store, system_metrics=False, claim="c0ffee")
+    import mlflow
+
+    mlflow.end_run()
+    _client(store).set_terminated(killed.run_id, "RUNNING")  # what a SIGKILL leaves
+    tracking.end_abandoned(PARAMS, None, "params changed", claim="other")
+    assert _client(store).get_run(killed.run_id).info.status == "RUNNING"
+    tracking.end_abandoned(PARAMS, None, "params changed", claim="c0ffee")
+    run = _client(store).get_run(killed.run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags[tracking.ERROR_TAG] == "abandoned: params changed"
+
+
+def test_a_parent_left_running_by_a_kill_is_finished_by_the_next_run_of_its_group(
+    store, monkeypatch
+):
+    monkeypatch.setenv("DVC_EXP_NAME", "lr-low")
+    tracking.Tracker("t", "strided", store, system_metrics=False).end()
+    (parent,) = [r for r in _runs(store) if r.data.tags.get(tracking.PARENT_TAG)]
+    _client(store).set_terminated(parent.info.run_id, "RUNNING")
+    tracking.Tracker("t", "unet", store, system_metrics=False).end()
+    assert {r.info.status for r in _runs(store)} == {"FINISHED"}
+
+
 def test_runs_of_one_experiment_nest_under_one_parent_named_after_it(store, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "lr-low")
     for arch in ("strided", "unet"):

@@ -16,6 +16,7 @@ import ast
 import hashlib
 import json
 import logging
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     best: Best = field(default_factory=Best)
     run_id: str | None = None  # MLflow run, resumed with the checkpoint
+    claim: str = field(default_factory=lambda: uuid.uuid4().hex)  # finds the run if run_id can't
     epoch: int = 0  # last finished epoch
     train_seconds: float = 0.0
 
@@ -175,6 +177,7 @@ class Restored:
 
     resumed: bool = False
     abandoned_run: str | None = None  # the MLflow run of a checkpoint that was ignored
+    abandoned_claim: str | None = None  # and its claim (finds the run if it named none)
     reason: str = ""
 
 
@@ -205,6 +208,7 @@ class Checkpoint:
             "history": state.history,
             "best": vars(state.best),
             "run_id": state.run_id,
+            "claim": state.claim,
             "train_seconds": state.train_seconds,
         }
         # Streamed to the file: an in-memory copy of model, weight average and optimizer state
@@ -227,6 +231,7 @@ class Checkpoint:
         state.aug_gen.set_state(blob["rng"]["augment"][rt.rank])
         state.history, state.best = blob["history"], Best(**blob["best"])
         state.run_id, state.epoch = blob["run_id"], blob["epoch"]
+        state.claim = blob.get("claim", state.claim)
         state.train_seconds = blob["train_seconds"]
         if rt.main:
             log.info("resuming after epoch %d from %s", state.epoch, self.path)
@@ -244,10 +249,12 @@ class Checkpoint:
             return self._ignore(rt, f"it is unreadable ({str(exc).splitlines()[0][:200]})")
         why = differences(blob.get("provenance"), self.made)
         if why is not None:
-            return self._ignore(rt, f"made from {why}", blob.get("run_id"))
+            return self._ignore(rt, f"made from {why}", blob.get("run_id"), blob.get("claim"))
         return blob
 
-    def _ignore(self, rt: Runtime, reason: str, run_id: str | None = None) -> Restored:
+    def _ignore(
+        self, rt: Runtime, reason: str, run_id: str | None = None, claim: str | None = None
+    ) -> Restored:
         if rt.main:
             log.warning("ignoring checkpoint %s: %s; training from the start", self.path, reason)
-        return Restored(abandoned_run=run_id, reason=reason)
+        return Restored(abandoned_run=run_id, abandoned_claim=claim, reason=reason)

@@ -127,12 +127,13 @@ def train(
         made = provenance(arch, p, arch_params, paths.prepared)
         checkpoint = Checkpoint(paths.checkpoint_dir / "last.pt", made)
         restored = checkpoint.restore(state, rt)
+        tracking.claim(state.claim)  # the run of a failure from here on carries it
+        if not restored.resumed:  # a kill from here on resumes this training and its run
+            checkpoint.save(state, rt)  # (state.claim, on disk before the run exists)
         tracker = start_tracking(
             loop, arch_params, tracking_params, state, data_source, restored, weights
         )
         try:
-            if not restored.resumed:  # so that a kill before the first epoch resumes this run
-                checkpoint.save(state, rt)
             for epoch in range(state.epoch + 1, p.epochs + 1):
                 loop = follow_freeze(loop, state.model, epoch)
                 row = run_epoch(loop, state, epoch)
@@ -237,13 +238,16 @@ def start_tracking(
     with the pretrained weights, if any: their file, SHA-256 and where they came from."""
     if not loop.rt.main:
         return tracking.Untracked()
-    if restored.abandoned_run:
+    if restored.abandoned_run or restored.abandoned_claim:
         why = f"a later training ignored its checkpoint: {restored.reason}"
-        tracking.end_abandoned(tracking_params, restored.abandoned_run, why)
+        tracking.end_abandoned(
+            tracking_params, restored.abandoned_run, why, restored.abandoned_claim
+        )
     tracker = tracking.start(
         tracking_params,
         loop.arch,
         run_id=state.run_id,
+        claim=state.claim,
         tags={
             "data.source": data_source,
             "petseg.world_size": str(loop.rt.world),
@@ -272,13 +276,16 @@ def weights_tags(weights: LoadedWeights) -> dict[str, str]:
 def follow_freeze(loop: Loop, model: nn.Module, epoch: int) -> Loop:
     """A pretrained encoder is frozen in the first ``train.freeze_encoder_epochs`` epochs and
     trained from then on; when that changes, DDP is rebuilt around ``model`` (it reduces the
-    gradients of the parameters that wanted one when it was built)."""
+    gradients of the parameters that wanted one when it was built), and the forward with it."""
     frozen = epoch <= loop.params.freeze_encoder_epochs
     if loop.encoder is None or not loop.encoder.freeze(frozen):
         return loop
     if loop.rt.main:
         log.info("%s epoch %d: encoder %s", loop.arch, epoch, "frozen" if frozen else "trained")
-    return dataclasses.replace(loop, net=loop.rt.wrap(model))
+    net = loop.rt.wrap(model)
+    p = loop.params
+    forward = forward_loss(net, loop.loss_fn, loop.rt.device, p.bf16, p.compile)
+    return dataclasses.replace(loop, net=net, forward=forward)
 
 
 def epoch_order(n: int, steps: int, batch: int, rt: Runtime, gen: torch.Generator) -> torch.Tensor:

@@ -228,6 +228,20 @@ def kill_at_random_point(
     return done
 
 
+def checkpoint_after_epoch(path: Path, epoch: int = 1) -> Callable[[], bool]:
+    """Ready once the training checkpoint at ``path`` holds ``epoch`` finished epochs (the
+    first checkpoint, written before the MLflow run exists, holds none)."""
+    import torch
+
+    def ready() -> bool:
+        try:
+            return path.exists() and torch.load(path, weights_only=True)["epoch"] >= epoch
+        except FileNotFoundError:  # replaced between the two calls
+            return False
+
+    return ready
+
+
 def runs(project: Project, experiment: str = "petseg") -> list:
     """The MLflow runs of the project's store (the test reads it; src goes through tracking)."""
     from mlflow import MlflowClient

@@ -15,6 +15,7 @@ from faults.harness import (
     ROOT,
     Project,
     assert_complete,
+    checkpoint_after_epoch,
     kill_at_random_point,
     runs,
     stage_env,
@@ -59,9 +60,10 @@ def test_unreadable_checkpoint_is_ignored_with_the_reason(
 
 
 def kill_after_an_epoch(project: Project) -> None:
-    """Train, and SIGKILL the training once its checkpoint exists (within its first epochs)."""
-    ckpt = project.root / CHECKPOINT
-    done = kill_at_random_point(project, "train_unet", signal.SIGKILL, ckpt.exists, "resume", 1.0)
+    """Train, and SIGKILL the training once its checkpoint holds an epoch (within its first
+    epochs)."""
+    ready = checkpoint_after_epoch(project.root / CHECKPOINT)
+    done = kill_at_random_point(project, "train_unet", signal.SIGKILL, ready, "resume", 1.0)
     assert done.rc == -signal.SIGKILL, done.stderr[-3000:]
     [run] = runs(project)
     assert run.info.status == "RUNNING"  # what a SIGKILL leaves

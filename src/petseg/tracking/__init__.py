@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import datetime
 import itertools
 import logging
@@ -76,6 +77,9 @@ WAIT_S = TrackingParams().wait_s
 ERROR_TAG = "petseg.error"
 GROUP_TAG = "petseg.group"
 PARENT_TAG = "petseg.parent"  # "true" on the run that holds one pipeline execution's runs
+# A training's token, in its checkpoint before its run exists: a kill between the run's creation
+# and the checkpoint that names it leaves a run the next attempt finds by this tag and resumes.
+CLAIM_TAG = "petseg.claim"
 # MLflow 3 opens an experiment in the view its kind names; without it the UI guesses, and an
 # experiment of training runs can open in the GenAI view (traces, prompts).
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
@@ -88,8 +92,18 @@ TEST_METRICS = ("miou", "pixel_accuracy", "iou.pet", "iou.background", "iou.bord
 MAX_TAG = 5000
 
 T = TypeVar("T")
-# Ids of the runs started inside the innermost failures_recorded() block.
-_STARTED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("started", default=None)
+
+
+@dataclasses.dataclass
+class _Attempt:
+    """What the innermost failures_recorded() block knows: the runs started inside it, and the
+    claim of the training in it (:func:`claim`)."""
+
+    started: list[str] = dataclasses.field(default_factory=list)
+    claim: str | None = None
+
+
+_ATTEMPT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar("attempt", default=None)
 
 
 def project_root(cwd: str | Path | None = None) -> Path:
@@ -312,6 +326,8 @@ def parent_run(exp_id: str, root: Path, wait_s: float = WAIT_S) -> str | None:
     query = f"tags.`{GROUP_TAG}` = '{group}' and tags.`{PARENT_TAG}` = 'true'"
     found = _retry(client.search_runs, [exp_id], query, max_results=1, wait_s=wait_s)
     if found:
+        if found[0].info.status == "RUNNING":  # a kill came between its creation and its end
+            _retry(client.set_terminated, found[0].info.run_id, "FINISHED", wait_s=wait_s)
         return found[0].info.run_id
     tags = {k: v for k, v in base_tags("", root).items() if k != "petseg.arch"}
     run = _retry(
@@ -344,15 +360,20 @@ class Tracker:
         tags: Mapping[str, str] | None = None,
         system_metrics: bool = True,
         wait_s: float = WAIT_S,
+        claim: str | None = None,
     ) -> None:
         self.uri, self.wait_s = tracking_uri(root), wait_s
         self.system_metrics, self._monitor = system_metrics, None
         exp_id = _connect(root, experiment, wait_s)
         all_tags = {**base_tags(run_name, root), **(tags or {})}
+        if claim is not None:
+            all_tags[CLAIM_TAG] = claim
         with self.guarded():
             if run_id is not None and not self._exists(run_id):
                 log.warning("run %s is not in %s: starting a new run", run_id, self.uri)
                 run_id = None
+            if run_id is None and claim is not None:
+                run_id = self._claimed(exp_id, claim)
             self.resumed = run_id is not None
             if not self.resumed:
                 parent = parent_run(exp_id, root, wait_s)
@@ -369,9 +390,9 @@ class Tracker:
             self.run_id, self.name = self.run.info.run_id, self.run.info.run_name
             if ERROR_TAG in self.run.data.tags:  # the resumed run failed before: no longer true
                 self._retry(mlflow.MlflowClient().delete_tag, self.run_id, ERROR_TAG)
-        started = _STARTED.get()
-        if started is not None:
-            started.append(self.run_id)
+        attempt = _ATTEMPT.get()
+        if attempt is not None:
+            attempt.started.append(self.run_id)
 
     def guarded(self) -> contextlib.AbstractContextManager[None]:
         """Store failures inside the block become one-line :class:`TrackingError` s."""
@@ -386,6 +407,13 @@ class Tracker:
                 raise
             return False
         return True
+
+    def _claimed(self, exp_id: str, claim: str) -> str | None:
+        """The run an earlier attempt of this training created under ``claim`` and was killed
+        before its checkpoint named it, or None."""
+        query = f"tags.`{CLAIM_TAG}` = '{claim}'"
+        found = self._retry(mlflow.MlflowClient().search_runs, [exp_id], query, max_results=1)
+        return found[0].info.run_id if found else None
 
     def _retry(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return _retry(call, *args, wait_s=self.wait_s, **kwargs)
@@ -469,8 +497,10 @@ def start(
     run_name: str,
     run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
+    claim: str | None = None,
 ) -> Tracker | Untracked:
-    """The run of a training in the project's store (``run_id``: resume it), or none."""
+    """The run of a training in the project's store (``run_id``: resume it; else the run tagged
+    with ``claim``, if any), or none."""
     if not params.enabled:
         return Untracked()
     return Tracker(
@@ -481,18 +511,31 @@ def start(
         tags=tags,
         system_metrics=params.system_metrics,
         wait_s=params.wait_s,
+        claim=claim,
     )
 
 
-def end_abandoned(params: TrackingParams, run_id: str, reason: str) -> None:
+def end_abandoned(
+    params: TrackingParams, run_id: str | None, reason: str, claim: str | None = None
+) -> None:
     """End a run that a killed training left RUNNING and nothing will resume (its checkpoint
-    was ignored) as KILLED, with the reason in ``petseg.error``."""
+    was ignored) as KILLED, with the reason in ``petseg.error``; the run is the checkpoint's
+    ``run_id``, or the one tagged with its ``claim`` (killed before the checkpoint named it)."""
     if not params.enabled:
         return
     uri = tracking_uri(project_root())
     with store_errors(uri, params.wait_s):
         use_wal(uri, params.wait_s)
         client = mlflow.MlflowClient(uri)
+        if run_id is None and claim is not None:
+            exp = _retry(client.get_experiment_by_name, params.experiment, wait_s=params.wait_s)
+            query = f"tags.`{CLAIM_TAG}` = '{claim}'"
+            found = [] if exp is None else _retry(
+                client.search_runs, [exp.experiment_id], query, max_results=1, wait_s=params.wait_s
+            )  # fmt: skip
+            run_id = found[0].info.run_id if found else None
+        if run_id is None:
+            return
         try:
             run = _retry(client.get_run, run_id, wait_s=params.wait_s)
         except MlflowException:  # deleted, or from another store
@@ -584,25 +627,34 @@ def failures_recorded(params: TrackingParams, run_name: str) -> Iterator[None]:
     recorded without tracking or when the store itself failed, and a store that cannot be reached
     only adds a warning to the original error.
     """
-    started: list[str] = []
-    token = _STARTED.set(started)
+    attempt = _Attempt()
+    token = _ATTEMPT.set(attempt)
     try:
         yield
     except BaseException as exc:
         main = int(os.environ.get("RANK", "0")) == 0
         if main and params.enabled and not isinstance(exc, TrackingError):
             try:
-                _record_failure(params, run_name, exc, started[-1] if started else None)
+                _record_failure(params, run_name, exc, attempt)
             except Exception as record_exc:
                 log.warning("could not record the failure in MLflow: %s", _reason(record_exc))
         raise
     finally:
-        _STARTED.reset(token)
+        _ATTEMPT.reset(token)
+
+
+def claim(token: str) -> None:
+    """A training's claim (in its checkpoint): a run that records its failure before its own
+    run started carries it, so that the training's next attempt resumes that run."""
+    attempt = _ATTEMPT.get()
+    if attempt is not None:
+        attempt.claim = token
 
 
 def _record_failure(
-    params: TrackingParams, run_name: str, exc: BaseException, run_id: str | None
+    params: TrackingParams, run_name: str, exc: BaseException, attempt: _Attempt
 ) -> None:
+    run_id = attempt.started[-1] if attempt.started else None
     error, status, wait_s = _error_text(exc), status_of(exc), params.wait_s
     if run_id is not None:
         _retry(mlflow.MlflowClient().set_tag, run_id, ERROR_TAG, error, wait_s=wait_s)
@@ -614,6 +666,8 @@ def _record_failure(
     exp_id = _connect(root, params.experiment, wait_s)
     client = mlflow.MlflowClient()
     tags = {**base_tags(run_name, root), ERROR_TAG: error}
+    if attempt.claim is not None:
+        tags[CLAIM_TAG] = attempt.claim
     name = display_name(run_name)
     created = _retry(client.create_run, exp_id, tags=tags, run_name=name, wait_s=wait_s)
     _retry(client.set_terminated, created.info.run_id, status, wait_s=wait_s)
