@@ -3,7 +3,9 @@
 What is measured: test-split mIoU, per-class IoU and pixel accuracy of each architecture trained
 with two recipes, and the seconds each training took:
 
-- default: params.yaml's ``train`` and ``models`` sections as they are (``--params``);
+- default: the real recipe, params.yaml's ``train`` and ``models`` sections with
+  presets/real.yaml applied (``--params``, ``--preset``; ``--preset none``: params.yaml alone,
+  which is the offline demo's recipe);
 - baseline: the same architecture, epochs, batch size, image size, seed, device, threads and
   precision, but plain Adam at a constant 1e-3 (AdamW with weight decay 0 is Adam; schedule
   ``constant``: no warm-up, no decay), cross-entropy only (no label smoothing, class weights or
@@ -19,9 +21,11 @@ network's resolution (one dataset-wide confusion matrix). MLflow logs to a sqlit
 work folder (experiments ``real-sample-default`` / ``real-sample-baseline``), without models or
 system metrics. The verdict per architecture is default - baseline mIoU, PASS when >= 0.03.
 
-Budget: 2 recipes x 3 architectures at 128 px with params.yaml's 120 epochs per seed; the
+Budget: 2 recipes x 3 architectures at 128 px with the real recipe's 120 epochs per seed; the
 measured seconds per epoch and per run are in benchmarks/RESULTS.md. ``--width 16`` or ``--epochs``
-make a cheaper (but different) comparison.
+make a cheaper (but different) comparison; ``--recipes default`` trains the default recipe only
+(no verdict), and ``--compile`` trains both with ``train.compile: true`` (their timings against
+runs without it are what train.compile buys end to end).
 
 Resumable: every run has its own folder under ``--workdir``, ``<recipe>-<arch>-s<seed>-<fp>``,
 where ``fp`` is train()'s resume fingerprint (train and model params, prepared data, the training
@@ -31,9 +35,10 @@ recipe's runs are redone, the baseline's are reused (an edit of the training cod
 going back to settings tried before costs nothing (a finished run keeps its model.pt; delete
 the work folder to reclaim the space).
 
-Usage: python benchmarks/real_sample.py [--data DIR] [--params params.yaml] [--size 128]
-       [--archs strided,unpool,unet] [--epochs N] [--seeds 0 1] [--width W] [--threads T]
-       [--workdir build/real-sample/...] [--out FILE.json]
+Usage: python benchmarks/real_sample.py [--data DIR] [--params params.yaml]
+       [--preset presets/real.yaml|none] [--size 128] [--archs strided,unpool,unet]
+       [--recipes default,baseline] [--epochs N] [--seeds 0 1] [--width W] [--threads T]
+       [--compile] [--workdir build/real-sample/...] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from petseg import CLASSES, NUM_CLASSES, cli, config
+from petseg import CLASSES, NUM_CLASSES, cli, config, preset
 from petseg.checkpoint import fingerprint as train_fingerprint
 from petseg.config import ArchParams, Params, PreprocessParams, TrackingParams, TrainParams
 from petseg.data.prepared import MANIFEST, load_split, read_manifest
@@ -103,6 +108,7 @@ def with_overrides(
     epochs: int | None = None,
     width: int | None = None,
     threads: int | None = None,
+    compile: bool = False,
 ) -> Params:
     """``params`` with the command-line overrides, validated like params.yaml (errors name keys)."""
     raw = params.model_dump()
@@ -111,6 +117,8 @@ def with_overrides(
         raw["train"]["epochs"] = epochs
     if threads is not None:
         raw["train"]["threads"] = threads
+    if compile:
+        raw["train"]["compile"] = True
     if width is not None:
         for arch in raw["models"].values():
             arch["base_width"] = width
@@ -328,6 +336,12 @@ def main() -> None:
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="official layout folder")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="the default")
+    parser.add_argument(
+        "--preset", default=str(ROOT / "presets/real.yaml"),
+        help="applied to --params (default: the real recipe); none: --params as it is",
+    )  # fmt: skip
+    parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated")
+    parser.add_argument("--compile", action="store_true", help="train.compile: true")
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
     parser.add_argument("--archs", default=",".join(ARCHITECTURES), help="comma-separated")
     parser.add_argument("--epochs", type=int, help="override both recipes' train.epochs")
@@ -343,10 +357,18 @@ def main() -> None:
     unknown = [a for a in archs if a not in ARCHITECTURES]
     if unknown or not archs:
         raise ParamsError(f"--archs {args.archs!r}: valid names are {', '.join(ARCHITECTURES)}")
+    chosen = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    if not chosen or any(r not in RECIPES for r in chosen):
+        raise ParamsError(f"--recipes {args.recipes!r}: valid names are {', '.join(RECIPES)}")
+    base = (
+        config.load(args.params)
+        if args.preset == "none"
+        else preset.applied(args.preset, args.params)
+    )
     check_data(args.data)
     params = with_overrides(
-        config.load(args.params), args.size, args.epochs, args.width, args.threads
-    )
+        base, args.size, args.epochs, args.width, args.threads, args.compile
+    )  # fmt: skip
     pre_p = params.preprocess
     seeds = args.seeds if args.seeds is not None else [params.train.seed]
     recipe_params = recipes(params, archs)
@@ -370,7 +392,9 @@ def main() -> None:
         "widths: "
         + ", ".join(f"{a} {m.base_width} x depth {m.depth} ({m.block})" for a, m in models.items())
         + (f"  [--width {args.width} overrides params.yaml]" if args.width else ""),
-        f"default  ({args.params}): {describe(train_p, models)}",
+        f"default  ({args.params}"
+        + ("" if args.preset == "none" else f" + {args.preset}")
+        + f"): {describe(train_p, models)}",
         f"baseline: {describe(*recipe_params['baseline'])}",
         f"CPU: {cpu_name()}, {len(os.sched_getaffinity(0))} cores, {torch.get_num_threads()} "
         f"threads; load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}; "
@@ -379,7 +403,7 @@ def main() -> None:
     print("\n".join(header), flush=True)
 
     results = []
-    jobs = [(s, a, r) for s in seeds for a in archs for r in RECIPES]
+    jobs = [(s, a, r) for s in seeds for a in archs for r in RECIPES if r in chosen]
     for i, (seed, arch, recipe) in enumerate(jobs, start=1):
         t_p, m_p = recipe_params[recipe]
         t_p = TrainParams.model_validate({**t_p.model_dump(), "seed": seed})
@@ -392,17 +416,18 @@ def main() -> None:
             i, len(jobs), recipe, arch, seed, res["miou"], res["train_seconds"], res["status"],
         )  # fmt: skip
 
-    verdict = verdicts(results, archs, seeds)
+    verdict = verdicts(results, archs, seeds) if len(chosen) == len(RECIPES) else {}
     print()
     print("\n".join(table(results, seeds)))
     print(
         "train s: train()'s wall seconds, all epochs with validation; s/epoch: median epoch; "
         "best ep: the epoch kept (best val mIoU); run: new | resumed | cached (timings from then)"
     )
-    print(
-        f"\nverdict: default - baseline test mIoU, PASS when >= {MARGIN} on every seed; "
-        f"[95% paired-bootstrap interval over the {counts['test']} test images]"
-    )
+    if verdict:
+        print(
+            f"\nverdict: default - baseline test mIoU, PASS when >= {MARGIN} on every seed; "
+            f"[95% paired-bootstrap interval over the {counts['test']} test images]"
+        )
     for arch, v in verdict.items():
         per_seed = ", ".join(
             f"seed {s}: {d:+.3f}"
@@ -423,6 +448,7 @@ def main() -> None:
                     "counts": counts,
                     "image_size": args.size,
                     "params": str(args.params),
+                    "preset": args.preset,
                     "epochs": train_p.epochs,
                     "widths": {a: m.base_width for a, m in models.items()},
                     "width_override": args.width,

@@ -112,3 +112,39 @@ def test_verdict_needs_the_margin_on_every_seed_and_gives_bootstrap_intervals(be
     for r in results:
         del r["image_confusion"]  # results cached before the intervals existed: none printed
     assert bench.verdicts(results, ["unet"], [0, 1])["unet"]["interval_per_seed"] == {}
+
+
+def test_compile_override_sets_train_compile_for_both_recipes(bench):
+    over = bench.with_overrides(_params(), size=64, compile=True)
+    assert all(t.compile for t, _ in bench.recipes(over, ["unet"]).values())
+    assert not bench.with_overrides(_params(), size=64).train.compile
+
+
+def test_real_preset_applied_to_params_is_the_real_recipe():
+    from petseg import preset
+
+    real = preset.applied(ROOT / "presets/real.yaml", ROOT / "params.yaml")
+    demo = config.load(ROOT / "params.yaml")
+    overrides = preset.read_preset(ROOT / "presets/real.yaml")
+    assert real.train.epochs == overrides["train.epochs"] != demo.train.epochs
+    assert real.models.unet.base_width == overrides["models.unet.base_width"]
+    assert real.evaluate == demo.evaluate  # what the preset leaves alone is params.yaml's
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--recipes", "default,fancy"], "error: --recipes 'default,fancy': valid names are "
+                                         "default, baseline"),
+        (["--preset", "no-such.yaml"], "error: no-such.yaml: preset file not found"),
+    ],
+)  # fmt: skip
+def test_bad_recipe_or_preset_is_one_line_and_exit_2(tmp_path, args, message):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--workdir", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip() == message
+    assert not (tmp_path / "w").exists()

@@ -79,9 +79,7 @@ def apply_preset(preset: str | Path, params: str | Path = "params.yaml") -> list
     return changed
 
 
-def exp_run_args(preset: str | Path, params: str | Path = "params.yaml") -> list[str]:
-    """``dvc exp run`` arguments that set every override of ``preset`` (validated first)."""
-    preset, params = Path(preset), Path(params)
+def _overlaid(preset: Path, params: Path) -> tuple[dict[str, Any], config.Params]:
     overrides = read_preset(preset)
     try:
         current = yaml.safe_load(params.read_text())
@@ -89,7 +87,17 @@ def exp_run_args(preset: str | Path, params: str | Path = "params.yaml") -> list
         raise ParamsError(f"{params}: params file not found") from None
     for key, value in overrides.items():
         _set(current, key, value, str(preset))
-    config.validate(current, f"{params} with {preset} applied")
+    return overrides, config.validate(current, f"{params} with {preset} applied")
+
+
+def applied(preset: str | Path, params: str | Path = "params.yaml") -> config.Params:
+    """``params`` with ``preset`` applied, validated; nothing is written."""
+    return _overlaid(Path(preset), Path(params))[1]
+
+
+def exp_run_args(preset: str | Path, params: str | Path = "params.yaml") -> list[str]:
+    """``dvc exp run`` arguments that set every override of ``preset`` (validated first)."""
+    overrides, _ = _overlaid(Path(preset), Path(params))
     # DVC parses each value as YAML: flow style keeps lists and strings intact in one argument.
     args = ["dvc", "exp", "run"]
     for key, value in overrides.items():
