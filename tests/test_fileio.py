@@ -14,6 +14,7 @@ from petseg.fileio import (
     atomic_dir,
     atomic_file,
     atomic_write_bytes,
+    create_once,
     stage_outputs,
     sweep_temporaries,
 )
@@ -90,3 +91,18 @@ def test_stage_outputs_are_all_there_or_none(tmp_path):
         atomic_write_bytes(a, b"new")
         atomic_write_bytes(b, b"new")
     assert a.read_bytes() == b.read_bytes() == b"new"
+
+
+def test_create_once_links_a_complete_file_and_never_replaces_one(tmp_path):
+    target = tmp_path / "store.db"
+
+    def interrupted(tmp):
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        create_once(target, interrupted)
+    assert list(tmp_path.iterdir()) == []  # neither the target nor a temporary
+    assert create_once(target, lambda tmp: tmp.write_bytes(b"whole"))
+    assert not create_once(target, lambda tmp: tmp.write_bytes(b"another"))
+    assert target.read_bytes() == b"whole" and list(tmp_path.iterdir()) == [target]

@@ -79,6 +79,48 @@ def test_an_ignored_checkpoint_that_named_no_run_ends_the_run_of_its_claim(store
     assert run.data.tags[tracking.ERROR_TAG] == "abandoned: params changed"
 
 
+def test_a_store_whose_creation_was_stopped_is_not_left_behind(store, monkeypatch):
+    # A Ctrl-C in the middle of MLflow's migrations used to leave a store that could never be
+    # opened again ("table _alembic_tmp_experiments already exists").
+    import sqlite3
+
+    from mlflow.store.tracking import sqlalchemy_store
+
+    def half_migrated(uri, artifact_root):
+        sqlite3.connect(uri.removeprefix("sqlite:///")).execute(
+            "CREATE TABLE _alembic_tmp_experiments (x)"
+        )
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(sqlalchemy_store, "SqlAlchemyStore", half_migrated)
+        with pytest.raises(KeyboardInterrupt):
+            tracking.Tracker("t", "unet", store, system_metrics=False)
+    assert not (store / tracking.STORE).exists() and list(store.glob(".mlflow.db.tmp-*")) == []
+    tracking.Tracker("t", "unet", store, system_metrics=False).end()
+    assert [r.info.status for r in _runs(store)] == ["FINISHED"]
+
+
+def test_a_stop_inside_the_tracking_setup_waits_for_its_end(store):
+    import os
+    import signal
+
+    from petseg import cli
+    from petseg.errors import Stopped
+
+    previous = cli.stop_on_signals()
+    try:
+        with pytest.raises(Stopped) as stopped, cli.stop_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            tracker = tracking.Tracker("t", "unet", store, system_metrics=False)
+        assert stopped.value.signum == signal.SIGTERM
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert tracker.run_id  # the block ran to its end before the stop took effect
+    tracker.end("KILLED")
+
+
 def test_a_parent_left_running_by_a_kill_is_finished_by_the_next_run_of_its_group(
     store, monkeypatch
 ):

@@ -12,13 +12,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -37,8 +39,34 @@ def debug_requested() -> bool:
     return os.environ.get("PETSEG_DEBUG", "") not in ("", "0")
 
 
+# Stop signals received inside stop_deferred(), raised at its end; None outside it.
+_deferred: list[int] | None = None
+
+
 def _stop(signum: int, frame: FrameType | None) -> None:
+    if _deferred is not None:
+        _deferred.append(signum)
+        return
     raise Stopped(signum, signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def stop_deferred() -> Iterator[None]:
+    """A stop signal that arrives inside the block takes effect at its end: for the few
+    seconds of work that an exception in the middle would leave unusable (MLflow creating its
+    store, a module half imported). Outside a stage's handlers, or off the main thread, the
+    block runs as it is."""
+    global _deferred
+    if _deferred is not None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _deferred = []
+    try:
+        yield
+    finally:
+        pending, _deferred = _deferred, None
+    if pending:
+        raise Stopped(pending[0], signal.Signals(pending[0]).name)
 
 
 def stop_on_signals() -> dict[int, Any]:

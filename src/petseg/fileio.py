@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -190,6 +190,36 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
         raise
     finally:
         os.close(lock)
+
+
+def create_once(path: str | Path, build: Callable[[Path], None]) -> bool:
+    """Create ``path`` whole or not at all, unless it exists: ``build(tmp)`` writes a temporary
+    sibling (locked as every temporary is), which is then linked into place, never over a file
+    another process created meanwhile. Returns whether this call created ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_temporaries(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    tmp = Path(name)
+    try:
+        _locked(fd)
+        try:
+            build(tmp)
+        except BaseException as exc:
+            cause = disk_full_cause(exc)
+            if cause is not None:
+                raise disk_full_error(cause, path) from exc
+            raise
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

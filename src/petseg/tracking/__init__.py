@@ -63,8 +63,10 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from petseg.cli import stop_deferred
 from petseg.config import TrackingParams
 from petseg.errors import TrackingError
+from petseg.fileio import create_once
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +201,33 @@ def store_errors(uri: str, wait_s: float) -> Iterator[None]:
         raise store_error(uri, exc, wait_s) from exc
 
 
+def create_store(database: Path) -> None:
+    """Create the sqlite store ``database`` whole or not at all, if it does not exist yet.
+
+    MLflow creates its tables by running its migrations in the file, which takes a second or
+    two; a Ctrl-C or a kill in the middle of that used to leave a store that MLflow can never
+    open again (``table _alembic_tmp_experiments already exists``). Here the migrations run in a
+    temporary sibling that is linked into place once complete (:func:`petseg.fileio.create_once`).
+    """
+    if database.exists():
+        if database.stat().st_size:
+            return
+        database.unlink()  # empty: what sqlite3.connect left before it held any table
+
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    def build(tmp: Path) -> None:
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", (database.parent / ARTIFACTS).as_uri())
+        store.engine.dispose()  # the file is complete and closed before it is linked
+        with contextlib.closing(sqlite3.connect(tmp)) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+
+    with warnings.catch_warnings(), stop_deferred():
+        warnings.simplefilter("ignore")  # SQLAlchemy deprecations inside MLflow's migrations
+        if create_once(database, build):
+            log.info("created the MLflow store %s", database)
+
+
 def use_wal(uri: str, wait_s: float = WAIT_S) -> None:
     """Switch a sqlite store to write-ahead logging (kept by the file; other stores: no-op).
 
@@ -211,7 +240,7 @@ def use_wal(uri: str, wait_s: float = WAIT_S) -> None:
     database = make_url(uri).database
     if not database or database == ":memory:":
         return
-    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    create_store(Path(database))
     try:
         with contextlib.closing(sqlite3.connect(database, timeout=wait_s)) as con:
             if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
@@ -361,6 +390,22 @@ class Tracker:
         system_metrics: bool = True,
         wait_s: float = WAIT_S,
         claim: str | None = None,
+    ) -> None:
+        # A stop in the middle waits: a run half set up (or a half-imported MLflow module)
+        # would leave the failure unrecordable.
+        with stop_deferred():
+            self._start(experiment, run_name, root, run_id, tags, system_metrics, wait_s, claim)
+
+    def _start(
+        self,
+        experiment: str,
+        run_name: str,
+        root: Path,
+        run_id: str | None,
+        tags: Mapping[str, str] | None,
+        system_metrics: bool,
+        wait_s: float,
+        claim: str | None,
     ) -> None:
         self.uri, self.wait_s = tracking_uri(root), wait_s
         self.system_metrics, self._monitor = system_metrics, None
@@ -635,7 +680,8 @@ def failures_recorded(params: TrackingParams, run_name: str) -> Iterator[None]:
         main = int(os.environ.get("RANK", "0")) == 0
         if main and params.enabled and not isinstance(exc, TrackingError):
             try:
-                _record_failure(params, run_name, exc, attempt)
+                with stop_deferred():  # a second Ctrl-C waits for the record
+                    _record_failure(params, run_name, exc, attempt)
             except Exception as record_exc:
                 log.warning("could not record the failure in MLflow: %s", _reason(record_exc))
         raise
