@@ -5,9 +5,10 @@ robin), so that other jobs on the machine slow both sides alike; absolute images
 only. Targets are printed as PASS/MISS, never asserted. Sections, in the order they run:
 
 (d) peak memory: peak RSS of a fresh ``python`` child that runs the project's real ``train()``
-    at ``--size`` with params.yaml's ``train`` and ``models`` defaults, once per
-    ``--mem-batches`` (default: params.yaml's ``train.batch_size``, 8, which is the training
-    ``dvc repro`` runs and carries the verdict, and ``--batch`` for context), for every
+    at ``--size`` with the real recipe's ``train`` and ``models`` values (the code defaults:
+    params.yaml with presets/real.yaml applied), once per ``--mem-batches`` (default: its
+    ``train.batch_size``, 8, which is what ``make real`` trains with and carries the verdict,
+    and ``--batch`` for context), for every
     ``--mem-archs``, on a prepared set as large as the real one (7,390 images: tiled synthetic
     content in the real prepared format, with a manifest; MLflow to a sqlite store in the work
     folder; log_model and system metrics off). The run is limited by monkeypatching inside the
@@ -954,7 +955,7 @@ def bench_memory(
         f"images at {args.size} px ({array_bytes / GIB:.2f} GiB of arrays on disk, "
         f"{loaded / GIB:.2f} GiB of them train/val, read row by row by train()), "
         f"batch {', '.join(map(str, args.mem_batches))} (the verdict is the batch of "
-        f"params.yaml, {TrainParams().batch_size}: the training `dvc repro` runs);"
+        f"the real recipe, {TrainParams().batch_size}: what `make real` trains with);"
     )
     print(
         f"    limited to {args.mem_steps} train steps and {args.mem_val_batches} validation "
@@ -964,7 +965,7 @@ def bench_memory(
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}")
     env["PYTHONWARNINGS"] = "ignore"
     out: dict[str, Any] = {}
-    default_batch = TrainParams().batch_size  # params.yaml's: what `dvc repro` trains with
+    default_batch = TrainParams().batch_size  # the real recipe's: what `make real` trains with
     for arch, batch in [(a, b) for a in args.mem_archs for b in args.mem_batches]:
         spec = {
             "arch": arch,
@@ -992,7 +993,7 @@ def bench_memory(
         res = json.loads(line.split(" ", 1)[1])
         peak, maxrss = res["peak_bytes"] / GIB, res["maxrss_bytes"] / GIB
         out[f"{arch}@{batch}"] = peak
-        role = "params.yaml's train.batch_size" if batch == default_batch else "context"
+        role = "the real recipe's train.batch_size" if batch == default_batch else "context"
         print(
             f"(d) {arch:8s} batch {batch:3d} ({role}) peak RSS {peak:.2f} GiB (VmHWM; "
             f"ru_maxrss {maxrss:.2f} GiB; after imports, before train(): "
@@ -1071,7 +1072,7 @@ def main() -> None:
     parser.add_argument(
         "--mem-batches",
         default=None,
-        help="batch sizes for (d), comma-separated (default: params.yaml's train.batch_size and "
+        help="batch sizes for (d), comma-separated (default: the real recipe's batch_size and "
         "--batch)",
     )
     parser.add_argument("--mem-steps", type=int, default=2)
