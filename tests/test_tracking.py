@@ -121,6 +121,27 @@ def test_a_stop_inside_the_tracking_setup_waits_for_its_end(store):
     tracker.end("KILLED")
 
 
+def test_a_second_stop_inside_the_tracking_setup_stops_at_once():
+    import os
+    import signal
+
+    from petseg import cli
+    from petseg.errors import Stopped
+
+    previous = cli.stop_on_signals()
+    reached = []
+    try:
+        with pytest.raises(Stopped), cli.stop_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            reached.append("after the first")
+            os.kill(os.getpid(), signal.SIGINT)
+            reached.append("after the second")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert reached == ["after the first"]
+
+
 def test_a_parent_left_running_by_a_kill_is_finished_by_the_next_run_of_its_group(
     store, monkeypatch
 ):

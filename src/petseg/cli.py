@@ -44,7 +44,7 @@ _deferred: list[int] | None = None
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
-    if _deferred is not None:
+    if _deferred is not None and not _deferred:  # the first one waits; a second one does not
         _deferred.append(signum)
         return
     raise Stopped(signum, signal.Signals(signum).name)
@@ -54,8 +54,9 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 def stop_deferred() -> Iterator[None]:
     """A stop signal that arrives inside the block takes effect at its end: for the few
     seconds of work that an exception in the middle would leave unusable (MLflow creating its
-    store, a module half imported). Outside a stage's handlers, or off the main thread, the
-    block runs as it is."""
+    store, a module half imported). A second signal stops at once (a store locked by another
+    process may keep the block waiting up to ``tracking.wait_s``). Outside a stage's handlers,
+    or off the main thread, the block runs as it is."""
     global _deferred
     if _deferred is not None or threading.current_thread() is not threading.main_thread():
         yield
