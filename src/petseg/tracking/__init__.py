@@ -418,7 +418,7 @@ class Tracker:
                 log.warning("run %s is not in %s: starting a new run", run_id, self.uri)
                 run_id = None
             if run_id is None and claim is not None:
-                run_id = self._claimed(exp_id, claim)
+                run_id = claimed_run(mlflow.MlflowClient(), exp_id, claim, wait_s)
             self.resumed = run_id is not None
             if not self.resumed:
                 parent = parent_run(exp_id, root, wait_s)
@@ -452,13 +452,6 @@ class Tracker:
                 raise
             return False
         return True
-
-    def _claimed(self, exp_id: str, claim: str) -> str | None:
-        """The run an earlier attempt of this training created under ``claim`` and was killed
-        before its checkpoint named it, or None."""
-        query = f"tags.`{CLAIM_TAG}` = '{claim}'"
-        found = self._retry(mlflow.MlflowClient().search_runs, [exp_id], query, max_results=1)
-        return found[0].info.run_id if found else None
 
     def _retry(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return _retry(call, *args, wait_s=self.wait_s, **kwargs)
@@ -560,6 +553,14 @@ def start(
     )
 
 
+def claimed_run(client: mlflow.MlflowClient, exp_id: str, claim: str, wait_s: float) -> str | None:
+    """The run an attempt of a training created under ``claim`` (the token in its checkpoint),
+    e.g. one killed before its checkpoint named the run; or None."""
+    query = f"tags.`{CLAIM_TAG}` = '{claim}'"
+    found = _retry(client.search_runs, [exp_id], query, max_results=1, wait_s=wait_s)
+    return found[0].info.run_id if found else None
+
+
 def end_abandoned(
     params: TrackingParams, run_id: str | None, reason: str, claim: str | None = None
 ) -> None:
@@ -574,11 +575,8 @@ def end_abandoned(
         client = mlflow.MlflowClient(uri)
         if run_id is None and claim is not None:
             exp = _retry(client.get_experiment_by_name, params.experiment, wait_s=params.wait_s)
-            query = f"tags.`{CLAIM_TAG}` = '{claim}'"
-            found = [] if exp is None else _retry(
-                client.search_runs, [exp.experiment_id], query, max_results=1, wait_s=params.wait_s
-            )  # fmt: skip
-            run_id = found[0].info.run_id if found else None
+            if exp is not None:
+                run_id = claimed_run(client, exp.experiment_id, claim, params.wait_s)
         if run_id is None:
             return
         try:
